@@ -1,0 +1,1 @@
+//! Test helpers: real upstream HTTP servers on loopback, clients, and polling helpers.
