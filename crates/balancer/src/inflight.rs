@@ -58,7 +58,9 @@ impl InFlight {
     pub async fn drain(&self, timeout: Duration) -> bool {
         let generation = self.generation.swap(Arc::new(Generation::default()));
         generation.upgraded.cancel();
-        let finished = tokio::time::timeout(timeout, self.wait_idle()).await.is_ok();
+        let finished = tokio::time::timeout(timeout, self.wait_idle())
+            .await
+            .is_ok();
         if !finished {
             generation.all.cancel();
         }
@@ -123,6 +125,17 @@ impl Drop for Lease {
         if self.tracker.count.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.tracker.idle.notify_waiters();
         }
+    }
+}
+
+/// Owned cancellation, for futures and bodies that outlive a borrow of the lease.
+impl Lease {
+    /// An owned future that resolves when the drain deadline cancels this request (the
+    /// cancellation of every remaining request, not the immediate one of upgraded tunnels).
+    /// Unlike [`Lease::cancelled`] it borrows nothing, so a response body can keep it pinned
+    /// beside the lease it belongs to.
+    pub fn deadline_cancelled_owned(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.generation.all.clone().cancelled_owned()
     }
 }
 

@@ -1,5 +1,23 @@
 //! Targets, health checks, in-flight tracking, draining, load balancing and request forwarding.
 
+pub mod body;
+pub mod error;
+pub mod forward;
+pub mod forward_error;
+pub mod headers;
+pub mod health;
 pub mod inflight;
+pub mod pool;
+pub mod target;
+#[cfg(test)]
+mod testing;
+mod upgrade;
 
+pub use body::ProxyBody;
+pub use error::Error;
+pub use forward::{ForwardContext, ForwardTarget, Forwarder};
+pub use forward_error::ForwardError;
+pub use health::HealthConfig;
 pub use inflight::{InFlight, Lease};
+pub use pool::{Claim, Pool, TargetInfo};
+pub use target::{Target, TargetAddr, TargetState};

@@ -2,6 +2,20 @@
 //!
 //! `main.rs` only calls [`cli::main`]; everything else lives here so integration tests can start
 //! the application in-process.
+//!
+//! The request path, outermost first (see `docs/architecture.md`): panic guard ([`serve`]),
+//! request id / start stamp and access log ([`app`]), routing ([`app`]), then inside a service
+//! ([`service`]): TLS check, pause gate, target claim, forwarding; failures become pages in one
+//! place ([`rescue`]).
 
+pub mod access_log;
+pub mod app;
+pub mod body;
 pub mod cli;
+pub mod logging;
+pub mod pages;
+pub mod rescue;
 pub mod run;
+pub mod serve;
+pub mod service;
+pub mod state;

@@ -1,4 +1,16 @@
-//! `kamal-proxy run`: the long-running server.
+//! `kamal-proxy run`: the long-running server (spec §1.6).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::serve;
+
+/// How long in-flight requests may take to finish after SIGTERM/SIGINT.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Settings of `kamal-proxy run`, resolved from flags and environment variables by the CLI.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,6 +29,100 @@ pub struct RunConfig {
 
 /// Runs the server until SIGTERM or SIGINT. The error is printed by the CLI as `Error: <error>`.
 pub fn run(config: RunConfig) -> Result<(), String> {
-    let _ = config;
-    Err("the server is not implemented yet".to_string())
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("unable to start the runtime: {e}"))?;
+    runtime.block_on(serve_until_signal(config))
+}
+
+async fn serve_until_signal(config: RunConfig) -> Result<(), String> {
+    crate::logging::init(config.debug);
+    let env = kamal_control::paths::ProcessEnv;
+    let app = App::new(kamal_control::paths::state_file_path(&env));
+    app.restore();
+
+    if config.metrics_port == 0 {
+        tracing::debug!("Metrics server disabled");
+    } else {
+        tracing::warn!(
+            port = config.metrics_port,
+            "Metrics are not implemented yet; --metrics-port is ignored"
+        );
+    }
+    if config.http3 {
+        tracing::warn!("HTTP/3 is not implemented yet; --http3 is ignored");
+    }
+
+    let http = serve::bind(config.http_port).await?;
+    let https = serve::bind(config.https_port).await?;
+    let http_port = http
+        .local_addr()
+        .map(|a| a.port())
+        .unwrap_or(config.http_port);
+    let https_port = https
+        .local_addr()
+        .map(|a| a.port())
+        .unwrap_or(config.https_port);
+
+    let socket = kamal_control::paths::socket_path(&env);
+    let control =
+        kamal_control::server::ControlListener::bind(&socket).map_err(|e| e.to_string())?;
+
+    let stop = CancellationToken::new();
+    let graceful = Arc::new(GracefulShutdown::new());
+    let mut tasks = tokio::task::JoinSet::new();
+    let http_loop = tokio::spawn(serve::accept_loop(
+        http,
+        false,
+        config.http_port,
+        Arc::clone(&app),
+        Arc::clone(&graceful),
+        stop.clone(),
+    ));
+    // TLS arrives with the TLS issue; until then the HTTPS port is bound (so the port is
+    // reserved and reported) but connections are closed at once.
+    tasks.spawn(serve::refuse_loop(https, stop.clone()));
+    {
+        let stop = stop.clone();
+        let app = Arc::clone(&app);
+        tasks.spawn(async move {
+            if let Err(error) = control.serve(app, stop.cancelled_owned()).await {
+                tracing::error!(error = %error, "Error accepting RPC connection");
+            }
+        });
+    }
+
+    tracing::info!(http = http_port, https = https_port, "Server started");
+    wait_for_signal().await;
+
+    stop.cancel();
+    // The accept loop holds the other reference to `graceful`; it returns at once on `stop`.
+    let _ = http_loop.await;
+    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("Closing active connections");
+    }
+    tasks.shutdown().await;
+    tracing::info!("Server stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers we can only run until killed.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }

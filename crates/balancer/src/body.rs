@@ -1,0 +1,263 @@
+//! The bodies around a forwarded request: the client's request body on its way upstream, and
+//! the upstream's response body on its way back, which carries the request's in-flight lease.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tokio::sync::oneshot;
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::forward_error::{BoxError, ClientBodyError, ForwardError};
+use crate::inflight::Lease;
+
+pin_project! {
+    /// The client's request body as sent upstream: marks its errors as the client's, and
+    /// reports when it has been sent completely (the target timeout starts then).
+    pub(crate) struct RequestBody<B> {
+        #[pin]
+        inner: B,
+        sent: Option<oneshot::Sender<()>>,
+    }
+}
+
+impl<B> RequestBody<B> {
+    pub(crate) fn new(inner: B, sent: Option<oneshot::Sender<()>>) -> Self {
+        Self { inner, sent }
+    }
+}
+
+impl<B> Body for RequestBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
+        match &polled {
+            // hyper stops polling once `is_end_stream` is true, so the end is detected here too.
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => signal(this.sent),
+            Poll::Ready(None) => signal(this.sent),
+            _ => {}
+        }
+        polled.map(|frame| frame.map(|r| r.map_err(|e| ClientBodyError(e.into()))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn signal(sent: &mut Option<oneshot::Sender<()>>) {
+    if let Some(tx) = sent.take() {
+        let _ = tx.send(());
+    }
+}
+
+/// Set by the drain cancellation's wake-up, read on every poll without a lock.
+#[derive(Debug, Default)]
+struct DrainSignal {
+    fired: AtomicBool,
+    task: AtomicWaker,
+}
+
+impl Wake for DrainSignal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.fired.store(true, Ordering::Release);
+        self.task.wake();
+    }
+}
+
+/// Watches a lease's drain deadline. The token's cancellation future is polled once, with a
+/// waker that raises a flag, so every later poll costs an atomic load instead of the token's
+/// shared locks (which every request on the target would contend for).
+pub(crate) struct DrainWatch {
+    // Boxed so that the watch, and the response body holding it, can move after arming.
+    deadline: Pin<Box<WaitForCancellationFutureOwned>>,
+    signal: Arc<DrainSignal>,
+    armed: bool,
+}
+
+impl DrainWatch {
+    pub(crate) fn new(lease: &Lease) -> Self {
+        Self {
+            deadline: Box::pin(lease.deadline_cancelled_owned()),
+            signal: Arc::default(),
+            armed: false,
+        }
+    }
+
+    /// Ready once the drain deadline has cancelled the request.
+    pub(crate) fn poll_cancelled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        // Register before reading the flag, so a cancellation in between still wakes us.
+        self.signal.task.register(cx.waker());
+        if !self.armed {
+            self.armed = true;
+            let waker = Waker::from(Arc::clone(&self.signal));
+            if self
+                .deadline
+                .as_mut()
+                .poll(&mut Context::from_waker(&waker))
+                .is_ready()
+            {
+                self.signal.fired.store(true, Ordering::Release);
+            }
+        }
+        if self.signal.fired.load(Ordering::Acquire) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+}
+
+/// The upstream response body, streamed to the client frame by frame as it arrives.
+///
+/// It holds the request's in-flight [`Lease`] until the body ends, fails or is dropped, so a
+/// drain waits for streamed responses. When the drain deadline cancels the request, the body
+/// ends with [`ForwardError::Cancelled`], which makes the server abort the connection (the
+/// headers are already sent, so no error page is possible).
+pub struct ProxyBody {
+    inner: Option<Incoming>,
+    lease: Option<Lease>,
+    watch: Option<DrainWatch>,
+}
+
+impl std::fmt::Debug for ProxyBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyBody")
+            .field("streaming", &self.inner.is_some())
+            .field("lease", &self.lease)
+            .finish()
+    }
+}
+
+impl ProxyBody {
+    /// An empty body holding nothing (upgrade responses, tests).
+    pub fn empty() -> Self {
+        Self {
+            inner: None,
+            lease: None,
+            watch: None,
+        }
+    }
+
+    pub(crate) fn streaming(inner: Incoming, lease: Lease, watch: DrainWatch) -> Self {
+        Self {
+            inner: Some(inner),
+            lease: Some(lease),
+            watch: Some(watch),
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = ForwardError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ForwardError>>> {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        // Cancellation is checked first so that a body that never waits still stops at the
+        // drain deadline.
+        let cancelled = this
+            .watch
+            .as_mut()
+            .is_some_and(|watch| watch.poll_cancelled(cx).is_ready());
+        let result = if cancelled {
+            Some(Err(ForwardError::Cancelled))
+        } else {
+            match Pin::new(inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Ok(frame))) => return Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(Some(Err(e))) => Some(Err(ForwardError::from_body(e))),
+                Poll::Ready(None) => None,
+            }
+        };
+        // Finished, failed or cancelled: release the upstream body and the lease now rather
+        // than when the server gets around to dropping us.
+        this.inner = None;
+        this.watch = None;
+        this.lease = None;
+        Poll::Ready(result)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inflight::InFlight;
+    use http_body_util::{BodyExt, Full};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn drain_watch_fires_on_deadline_and_not_before() {
+        let tracker = InFlight::new();
+        let lease = tracker.lease();
+        let mut watch = DrainWatch::new(&lease);
+        let pending = std::future::poll_fn(|cx| Poll::Ready(watch.poll_cancelled(cx)));
+        assert!(pending.await.is_pending());
+        assert!(!tracker.drain(Duration::from_millis(1)).await);
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            std::future::poll_fn(|cx| watch.poll_cancelled(cx)),
+        )
+        .await
+        .expect("watch fires after the drain deadline");
+        drop(lease);
+    }
+
+    #[tokio::test]
+    async fn request_body_reports_when_sent() {
+        let (tx, mut rx) = oneshot::channel();
+        let body = RequestBody::new(Full::new(Bytes::from_static(b"abc")), Some(tx));
+        assert!(rx.try_recv().is_err());
+        let collected = body.collect().await.unwrap().to_bytes();
+        assert_eq!(collected, "abc");
+        assert!(rx.try_recv().is_ok());
+    }
+
+    #[test]
+    fn empty_proxy_body_is_at_end() {
+        let body = ProxyBody::empty();
+        assert!(body.is_end_stream());
+        assert_eq!(body.size_hint().exact(), Some(0));
+    }
+}

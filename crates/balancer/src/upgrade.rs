@@ -1,0 +1,71 @@
+//! Protocol switches (WebSockets and other upgrades, §7.7): relaying the target's `101` and
+//! splicing bytes between the two upgraded connections.
+
+use http::header::UPGRADE;
+use http::{HeaderValue, Response};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use crate::body::ProxyBody;
+use crate::forward_error::ForwardError;
+use crate::headers;
+use crate::inflight::Lease;
+
+/// Accepts the target's `101` answer to an upgrade request for `protocol`: returns the `101`
+/// (exactly as the target sent it) for the client and spawns the tunnel, which keeps `lease`
+/// until it closes.
+///
+/// `client` is the client connection's pending upgrade, taken from the request before it was
+/// sent; it resolves once the server has written the `101`.
+pub(crate) fn tunnel(
+    mut response: Response<Incoming>,
+    protocol: &HeaderValue,
+    client: Option<OnUpgrade>,
+    lease: Lease,
+) -> Result<Response<ProxyBody>, ForwardError> {
+    if !headers::upgrade_accepted(response.headers(), protocol) {
+        let received = response
+            .headers()
+            .get(UPGRADE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default();
+        return Err(ForwardError::UpgradeMismatch {
+            requested: String::from_utf8_lossy(protocol.as_bytes()).into_owned(),
+            received,
+        });
+    }
+    let Some(client) = client else {
+        return Err(ForwardError::UpgradeFailed {
+            source: "the client connection cannot be upgraded".into(),
+        });
+    };
+    let upstream = hyper::upgrade::on(&mut response);
+    lease.mark_upgraded();
+    tokio::spawn(splice(client, upstream, lease));
+    Ok(response.map(|_| ProxyBody::empty()))
+}
+
+/// Copies bytes both ways until both sides have closed (half-closes are passed on), either
+/// side fails, or a drain cancels the lease.
+async fn splice(client: OnUpgrade, upstream: OnUpgrade, lease: Lease) {
+    let tunnel = async {
+        let (client, upstream) = tokio::try_join!(client, upstream)?;
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(())
+    };
+    tokio::select! {
+        result = tunnel => {
+            if let Err(error) = result {
+                tracing::debug!(error = %error, "Upgraded connection closed with an error");
+            }
+        }
+        () = lease.cancelled() => {
+            tracing::debug!("Upgraded connection closed by draining");
+        }
+    }
+    // Dropping the halves closes both connections; dropping the lease ends the request.
+    drop(lease);
+}

@@ -1,0 +1,284 @@
+//! The access log: one JSON line (msg `Request`) per request, in upstream's key order.
+//!
+//! An [`AccessLog`] is created when a request enters the stack and travels with the response
+//! body; the line is written when it is dropped, i.e. when the body has been sent, the stream
+//! was aborted, or the client went away first (then the status is 499).
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{CONTENT_TYPE, HOST, USER_AGENT};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
+use percent_encoding::percent_decode_str;
+
+use crate::logging::{line_start, push_json_str, write_line};
+
+/// Status recorded when the client disappears before the response started (nginx's 499).
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// Where a request came in: peer address, TLS, and the configured port of the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The configured (not bound) port of the listener, as upstream logs it.
+    pub port: u16,
+}
+
+/// What the access log remembers of one request. Header values and the URI are cheap
+/// reference-counted clones of hyper's parse buffers, so capturing them does not copy.
+#[derive(Debug)]
+pub struct AccessLog {
+    start: Instant,
+    conn: ConnInfo,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    host: Option<HeaderValue>,
+    request_id: Option<HeaderValue>,
+    req_content_length: i64,
+    req_content_type: Option<HeaderValue>,
+    remote_addr: Option<HeaderValue>,
+    user_agent: Option<HeaderValue>,
+    status: u16,
+    service: Option<Arc<str>>,
+    target: Option<HeaderValue>,
+    resp_content_length: u64,
+    resp_content_type: Option<HeaderValue>,
+    extra: Vec<(String, String)>,
+}
+
+impl AccessLog {
+    /// Starts the log entry for `req` (after the request id has been assigned).
+    pub fn begin<B: http_body::Body>(req: &Request<B>, conn: ConnInfo, start: Instant) -> Self {
+        let headers = req.headers();
+        let req_content_length = match req.body().size_hint().exact() {
+            Some(n) => n as i64,
+            None => -1,
+        };
+        AccessLog {
+            start,
+            conn,
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            host: headers.get(HOST).cloned(),
+            request_id: headers.get("x-request-id").cloned(),
+            req_content_length,
+            req_content_type: headers.get(CONTENT_TYPE).cloned(),
+            remote_addr: headers.get("x-forwarded-for").cloned(),
+            user_agent: headers.get(USER_AGENT).cloned(),
+            status: CLIENT_CLOSED_REQUEST,
+            service: None,
+            target: None,
+            resp_content_length: 0,
+            resp_content_type: None,
+            extra: Vec::new(),
+        }
+    }
+
+    /// Records the service that handled the request.
+    pub fn set_service(&mut self, name: &Arc<str>) {
+        self.service = Some(Arc::clone(name));
+    }
+
+    /// Records the target the request was sent to.
+    pub fn set_target(&mut self, label: &HeaderValue) {
+        self.target = Some(label.clone());
+    }
+
+    /// Records `--log-request-header` values (as the proxy modified the request).
+    pub fn capture_request_headers(&mut self, names: &[LogHeader], headers: &HeaderMap) {
+        for name in names {
+            self.extra
+                .push((name.req_key.clone(), joined(headers, &name.name)));
+        }
+    }
+
+    /// Records `--log-response-header` values; call after [`AccessLog::set_response`].
+    pub fn capture_response_headers(&mut self, names: &[LogHeader], headers: &HeaderMap) {
+        for name in names {
+            self.extra
+                .push((name.resp_key.clone(), joined(headers, &name.name)));
+        }
+    }
+
+    /// Records the status and content type of the response about to be sent.
+    pub fn set_response<B>(&mut self, resp: &Response<B>) {
+        self.status = resp.status().as_u16();
+        self.resp_content_type = resp.headers().get(CONTENT_TYPE).cloned();
+    }
+
+    /// Counts body bytes written to the client.
+    pub fn add_body_bytes(&mut self, n: usize) {
+        self.resp_content_length += n as u64;
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::with_capacity(512);
+        line_start(&mut out, "INFO", "Request");
+        let host = value_str(&self.host);
+        // HTTP/2 requests carry the host in the URI authority, not in a Host header.
+        let host = if host.is_empty() {
+            self.uri.authority().map(|a| a.as_str()).unwrap_or("")
+        } else {
+            host
+        };
+        str_field(&mut out, "host", host);
+        let _ = write!(out, ",\"port\":{}", self.conn.port);
+        let path = self.uri.path();
+        str_field(
+            &mut out,
+            "path",
+            &percent_decode_str(path).decode_utf8_lossy(),
+        );
+        str_field(&mut out, "request_id", value_str(&self.request_id));
+        let _ = write!(out, ",\"status\":{}", self.status);
+        str_field(&mut out, "service", self.service.as_deref().unwrap_or(""));
+        str_field(&mut out, "target", value_str(&self.target));
+        let _ = write!(out, ",\"duration\":{}", self.start.elapsed().as_nanos());
+        str_field(&mut out, "method", self.method.as_str());
+        let _ = write!(out, ",\"req_content_length\":{}", self.req_content_length);
+        str_field(
+            &mut out,
+            "req_content_type",
+            value_str(&self.req_content_type),
+        );
+        let _ = write!(out, ",\"resp_content_length\":{}", self.resp_content_length);
+        str_field(
+            &mut out,
+            "resp_content_type",
+            value_str(&self.resp_content_type),
+        );
+        let client_ip = self.conn.peer.ip().to_string();
+        str_field(&mut out, "client_addr", &client_ip);
+        str_field(&mut out, "client_port", &self.conn.peer.port().to_string());
+        let remote = value_str(&self.remote_addr);
+        str_field(
+            &mut out,
+            "remote_addr",
+            if remote.is_empty() {
+                &client_ip
+            } else {
+                remote
+            },
+        );
+        str_field(&mut out, "user_agent", value_str(&self.user_agent));
+        str_field(&mut out, "proto", proto(self.version));
+        str_field(
+            &mut out,
+            "scheme",
+            if self.conn.tls { "https" } else { "http" },
+        );
+        str_field(&mut out, "query", self.uri.query().unwrap_or(""));
+        for (key, value) in &self.extra {
+            str_field(&mut out, key, value);
+        }
+        out.push_str("}\n");
+        out
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        write_line(&self.render());
+    }
+}
+
+/// A header to log, with its two log keys computed once at deploy time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogHeader {
+    name: http::HeaderName,
+    req_key: String,
+    resp_key: String,
+}
+
+impl LogHeader {
+    /// Parses a header name given with `--log-request-header` / `--log-response-header`.
+    pub fn new(name: &str) -> Option<Self> {
+        let name = http::HeaderName::from_bytes(name.as_bytes()).ok()?;
+        let key = name.as_str().replace('-', "_");
+        Some(LogHeader {
+            req_key: format!("req_{key}"),
+            resp_key: format!("resp_{key}"),
+            name,
+        })
+    }
+}
+
+fn joined(headers: &HeaderMap, name: &http::HeaderName) -> String {
+    let mut out = String::new();
+    for (i, v) in headers.get_all(name).iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&String::from_utf8_lossy(v.as_bytes()));
+    }
+    out
+}
+
+fn value_str(v: &Option<HeaderValue>) -> &str {
+    v.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+fn str_field(out: &mut String, key: &str, value: &str) {
+    out.push(',');
+    push_json_str(out, key);
+    out.push(':');
+    push_json_str(out, value);
+}
+
+fn proto(v: Version) -> &'static str {
+    match v {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_fields_in_upstream_order() {
+        let req = Request::builder()
+            .uri("/a%20b?x=1")
+            .header("host", "a.test:8080")
+            .header("x-request-id", "rid")
+            .header("user-agent", "curl")
+            .header("x-custom", "one")
+            .header("x-custom", "two")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let conn = ConnInfo {
+            peer: "127.0.0.1:4000".parse().unwrap(),
+            tls: false,
+            port: 80,
+        };
+        let mut log = AccessLog::begin(&req, conn, Instant::now());
+        log.set_service(&Arc::from("svc"));
+        log.set_target(&HeaderValue::from_static("web:3000"));
+        log.capture_request_headers(&[LogHeader::new("X-Custom").unwrap()], req.headers());
+        let resp = Response::builder()
+            .status(201)
+            .header("content-type", "text/plain")
+            .body(())
+            .unwrap();
+        log.set_response(&resp);
+        log.add_body_bytes(5);
+        let line = log.render();
+        std::mem::forget(log);
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        assert_eq!(keys.len(), 24);
+        assert!(line.contains(r#""msg":"Request","host":"a.test:8080","port":80,"path":"/a b","request_id":"rid","status":201,"service":"svc","target":"web:3000","duration":"#));
+        assert!(line.contains(r#""method":"GET","req_content_length":0,"req_content_type":"","resp_content_length":5,"resp_content_type":"text/plain","client_addr":"127.0.0.1","client_port":"4000","remote_addr":"127.0.0.1","user_agent":"curl","proto":"HTTP/1.1","scheme":"http","query":"x=1","req_x_custom":"one,two"}"#));
+    }
+}

@@ -1,0 +1,472 @@
+//! The running proxy: services, the routing snapshot, and the control-plane operations.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderValue, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use kamal_balancer::{Forwarder, HealthConfig, Pool, TargetAddr};
+use kamal_control::{
+    DeployRequest, Request as Command, Response as Answer, ServiceDescription, ServiceOptions,
+    TargetDescription, TargetOptions,
+};
+use kamal_router::{RouteError, RouteTable, SharedRoutes};
+
+use crate::access_log::{AccessLog, ConnInfo};
+use crate::body::ResponseBody;
+use crate::logging::json_list;
+use crate::rescue;
+use crate::serve::HttpHandler;
+use crate::service::{Pause, PauseState, Service, Settings};
+
+/// The whole proxy: what requests read (lock-free) and what the control plane changes.
+#[derive(Debug)]
+pub struct App {
+    /// The routing snapshot requests read with one atomic load.
+    routes: SharedRoutes<Arc<Service>>,
+    /// Services by name. Only the control plane takes this lock, never a request.
+    registry: Mutex<BTreeMap<String, Arc<Service>>>,
+    /// Pooled upstream connections, shared by all services.
+    pub(crate) forwarder: Forwarder<Incoming>,
+    /// Where the state is persisted.
+    state_path: PathBuf,
+}
+
+impl App {
+    /// An empty proxy persisting its state at `state_path`.
+    pub fn new(state_path: PathBuf) -> Arc<Self> {
+        Arc::new(App {
+            routes: SharedRoutes::new(RouteTable::new()),
+            registry: Mutex::new(BTreeMap::new()),
+            forwarder: Forwarder::new(),
+            state_path,
+        })
+    }
+
+    fn registry(&self) -> MutexGuard<'_, BTreeMap<String, Arc<Service>>> {
+        // A panic while holding the lock leaves consistent data (every change is a swap).
+        self.registry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Routes and serves one request.
+    async fn dispatch(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        log: &mut AccessLog,
+    ) -> Response<ResponseBody> {
+        let routes = self.routes.load();
+        let authority = request_authority(&req);
+        let Some(route) = routes.lookup(authority, req.uri().path()) else {
+            return rescue::page(StatusCode::NOT_FOUND, None);
+        };
+        let service = Arc::clone(route.value);
+        let prefix = route.prefix;
+        service.serve(self, req, prefix, conn, log).await
+    }
+
+    /// Deploys (creates or updates) a service: health-gated switch, then drain (spec §4.5).
+    pub async fn deploy(&self, req: DeployRequest) -> Result<(), String> {
+        req.service_options.validate().map_err(|e| e.to_string())?;
+        let mut options = req.service_options.clone();
+        options.normalize();
+        let targets = json_list(&req.target_urls);
+        let hosts = json_list(&options.hosts);
+        let paths = json_list(&options.path_prefixes);
+        tracing::info!(
+            service = %req.service,
+            json.targets = %targets,
+            json.hosts = %hosts,
+            json.paths = %paths,
+            tls = options.tls_enabled,
+            "Deploying"
+        );
+
+        let pool = build_pool(&req.target_urls, &req.reader_urls, &req.target_options)?;
+        pool.start_health_checks();
+        if !req.force && !pool.wait_healthy(req.deploy_timeout.to_std()).await {
+            pool.dispose();
+            return Err(format!(
+                "target failed to become healthy within configured timeout ({})",
+                req.deploy_timeout
+            ));
+        }
+
+        let settings = Settings::new(options, req.target_options.clone());
+        let replaced = match self.install(&req.service, settings, Arc::clone(&pool)) {
+            Ok(replaced) => replaced,
+            Err(e) => {
+                pool.dispose();
+                return Err(e);
+            }
+        };
+        if let Some(old) = replaced {
+            old.dispose();
+            old.drain(req.drain_timeout.to_std()).await;
+        }
+        tracing::info!(
+            service = %req.service,
+            json.targets = %targets,
+            json.hosts = %hosts,
+            json.paths = %paths,
+            tls = pool_tls(self, &req.service),
+            "Deployed"
+        );
+        Ok(())
+    }
+
+    /// The install step: conflict check, swap the pool in, rebuild routing, save state.
+    /// Returns the replaced pool, if any. State is saved whatever the outcome (as upstream).
+    fn install(
+        &self,
+        name: &str,
+        settings: Settings,
+        pool: Arc<Pool>,
+    ) -> Result<Option<Arc<Pool>>, String> {
+        let mut registry = self.registry();
+        let result = self.install_locked(&mut registry, name, settings, pool);
+        self.save_locked(&registry);
+        result
+    }
+
+    fn install_locked(
+        &self,
+        registry: &mut BTreeMap<String, Arc<Service>>,
+        name: &str,
+        settings: Settings,
+        pool: Arc<Pool>,
+    ) -> Result<Option<Arc<Pool>>, String> {
+        let existing = registry.get(name).cloned();
+        // The table is built before anything changes, so a conflict leaves everything as it was.
+        let candidate = match &existing {
+            Some(service) => Arc::clone(service),
+            None => Service::new(
+                name,
+                Settings::new(settings.options.clone(), settings.target_options.clone()),
+                Arc::clone(&pool),
+            ),
+        };
+        let table = build_table(registry, Some((name, &settings.options, &candidate)))
+            .map_err(|e| {
+                if let RouteError::Conflict { owner } = &e {
+                    tracing::error!(service = %owner, "Host settings conflict with another service");
+                }
+                e.to_string()
+            })?;
+        candidate.settings.store(Arc::new(settings));
+        let replaced = existing.map(|service| service.active.swap(pool));
+        registry.insert(name.to_owned(), candidate);
+        self.routes.store(table);
+        apply_tls_inheritance(registry, &self.routes.load_full());
+        Ok(replaced)
+    }
+
+    /// Removes a service; its in-flight requests finish on their own.
+    pub fn remove(&self, name: &str) -> Result<(), String> {
+        let mut registry = self.registry();
+        let result = match registry.remove(name) {
+            Some(service) => {
+                // Removing bindings cannot conflict.
+                if let Ok(table) = build_table(&registry, None) {
+                    self.routes.store(table);
+                }
+                apply_tls_inheritance(&registry, &self.routes.load_full());
+                service.active.load().dispose();
+                Ok(())
+            }
+            None => Err("service not found".to_owned()),
+        };
+        self.save_locked(&registry);
+        result
+    }
+
+    /// Changes a service's pause state (behaviour comes with the traffic-control issue).
+    fn set_pause(&self, name: &str, pause: Pause) -> Result<Arc<Service>, String> {
+        let registry = self.registry();
+        let result = match registry.get(name) {
+            Some(service) => {
+                service.pause.store(Arc::new(pause));
+                Ok(Arc::clone(service))
+            }
+            None => Err("service not found".to_owned()),
+        };
+        self.save_locked(&registry);
+        result
+    }
+
+    /// Describes every service for `list`, sorted by name.
+    pub fn list(&self) -> Vec<ServiceDescription> {
+        let registry = self.registry();
+        registry.values().map(|s| describe(s)).collect()
+    }
+
+    fn save_locked(&self, registry: &BTreeMap<String, Arc<Service>>) {
+        crate::state::save(&self.state_path, registry);
+    }
+
+    /// Restores the saved state, service by service (spec §1.5, §14.5).
+    pub fn restore(&self) {
+        let Some(saved) = crate::state::load(&self.state_path) else {
+            return;
+        };
+        let mut registry = self.registry();
+        for service in saved {
+            let name = service.name.clone();
+            let pool = match build_pool(&service.writers, &service.readers, &service.target_options)
+            {
+                Ok(pool) => pool,
+                Err(error) => {
+                    tracing::error!(service = %name, error = %error, "Failed to restore service");
+                    continue;
+                }
+            };
+            pool.mark_all_healthy();
+            pool.start_health_checks();
+            let settings = Settings::new(service.options, service.target_options);
+            match self.install_locked(&mut registry, &name, settings, pool) {
+                Ok(_) => {
+                    if let Some(s) = registry.get(&name) {
+                        s.pause.store(Arc::new(service.pause));
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(service = %name, error = %error, "Failed to restore service");
+                }
+            }
+        }
+    }
+
+    /// Runs one control command.
+    pub async fn command(&self, command: Command) -> Answer {
+        let result = match command {
+            Command::Deploy(req) => self.deploy(req).await,
+            Command::Remove { service } => self.remove(&service),
+            Command::Pause {
+                service,
+                pause_timeout,
+                ..
+            } => self
+                .set_pause(
+                    &service,
+                    Pause {
+                        state: PauseState::Paused,
+                        message: String::new(),
+                        max_pause: pause_timeout,
+                    },
+                )
+                .map(|_| ()),
+            Command::Stop {
+                service, message, ..
+            } => self
+                .set_pause(
+                    &service,
+                    Pause {
+                        state: PauseState::Stopped,
+                        message,
+                        max_pause: kamal_control::GoDuration::ZERO,
+                    },
+                )
+                .map(|_| ()),
+            Command::Resume { service } => self.set_pause(&service, Pause::default()).map(|_| ()),
+            Command::List => {
+                return Answer::List {
+                    services: self.list(),
+                }
+            }
+            Command::RolloutDeploy(req) => Err(not_yet(&req.service, "rollout deploy")),
+            Command::RolloutSet { service, .. } => Err(not_yet(&service, "rollout set")),
+            Command::RolloutStop { service } => Err(not_yet(&service, "rollout stop")),
+        };
+        match result {
+            Ok(()) => Answer::Ok,
+            Err(message) => Answer::error(message),
+        }
+    }
+}
+
+fn not_yet(service: &str, command: &str) -> String {
+    let _ = service;
+    format!("{command} is not supported by this version of kamal-proxy yet")
+}
+
+impl kamal_control::server::Handler for App {
+    fn handle(&self, req: Command) -> impl std::future::Future<Output = Answer> + Send {
+        self.command(req)
+    }
+}
+
+impl HttpHandler for App {
+    async fn call(
+        self: Arc<Self>,
+        mut req: Request<Incoming>,
+        conn: ConnInfo,
+    ) -> Response<ResponseBody> {
+        let start = Instant::now();
+        stamp_request(&mut req);
+        let mut log = AccessLog::begin(&req, conn, start);
+        let resp = self.dispatch(req, conn, &mut log).await;
+        log.set_response(&resp);
+        resp.map(|body| body.with_log(log))
+    }
+}
+
+/// `X-Request-Start` and `X-Request-ID`, unless the client sent non-empty ones (spec §7.1).
+fn stamp_request<B>(req: &mut Request<B>) {
+    let headers = req.headers_mut();
+    if headers.get("x-request-start").is_none_or(|v| v.is_empty()) {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        if let Ok(v) = HeaderValue::from_str(&format!("t={ms}")) {
+            headers.insert("x-request-start", v);
+        }
+    }
+    if headers.get("x-request-id").is_none_or(|v| v.is_empty()) {
+        let mut buf = uuid::Uuid::encode_buffer();
+        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+        if let Ok(v) = HeaderValue::from_str(id) {
+            headers.insert("x-request-id", v);
+        }
+    }
+}
+
+/// The request's host: the URI authority (HTTP/2, absolute-form) or the `Host` header.
+fn request_authority<B>(req: &Request<B>) -> &str {
+    if let Some(a) = req.uri().authority() {
+        return a.as_str();
+    }
+    req.headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("")
+}
+
+fn build_pool(
+    writers: &[String],
+    readers: &[String],
+    target_options: &TargetOptions,
+) -> Result<Arc<Pool>, String> {
+    let parse = |list: &[String]| -> Result<Vec<TargetAddr>, String> {
+        list.iter()
+            .map(|t| TargetAddr::parse(t).map_err(|e| e.to_string()))
+            .collect()
+    };
+    let hc = &target_options.health_check_config;
+    let health = HealthConfig {
+        path: hc.path.clone(),
+        port: hc.port,
+        interval: hc.interval.to_std(),
+        timeout: hc.timeout.to_std(),
+        host: hc.host.clone(),
+    };
+    Ok(Pool::new(parse(writers)?, parse(readers)?, health))
+}
+
+/// Builds the routing table from the registry, with `candidate` (re)placed under its name.
+fn build_table(
+    registry: &BTreeMap<String, Arc<Service>>,
+    candidate: Option<(&str, &ServiceOptions, &Arc<Service>)>,
+) -> Result<RouteTable<Arc<Service>>, RouteError> {
+    let mut builder = RouteTable::builder();
+    for (name, service) in registry {
+        if candidate.is_some_and(|(n, _, _)| n == name) {
+            continue;
+        }
+        let settings = service.settings.load();
+        builder.insert(
+            name,
+            &settings.options.hosts,
+            &settings.options.path_prefixes,
+            Arc::clone(service),
+        )?;
+    }
+    if let Some((name, options, service)) = candidate {
+        builder.insert(
+            name,
+            &options.hosts,
+            &options.path_prefixes,
+            Arc::clone(service),
+        )?;
+    }
+    Ok(builder.build())
+}
+
+/// Non-root services take `tls`/`tls_redirect` from their first host's root service (§3.7).
+fn apply_tls_inheritance(
+    registry: &BTreeMap<String, Arc<Service>>,
+    table: &RouteTable<Arc<Service>>,
+) {
+    for service in registry.values() {
+        let settings = service.settings.load();
+        if settings.options.serves_root_path() {
+            continue;
+        }
+        let host = settings
+            .options
+            .hosts
+            .first()
+            .map(String::as_str)
+            .unwrap_or("");
+        let (tls, redirect) = match table.lookup_host(host, "/") {
+            Some(root) => {
+                let root = root.value.settings.load();
+                (root.options.tls_enabled, root.options.tls_redirect)
+            }
+            None => (false, true),
+        };
+        if settings.options.tls_enabled != tls || settings.options.tls_redirect != redirect {
+            let mut options = settings.options.clone();
+            options.tls_enabled = tls;
+            options.tls_redirect = redirect;
+            service.settings.store(Arc::new(Settings::new(
+                options,
+                settings.target_options.clone(),
+            )));
+        }
+    }
+}
+
+fn pool_tls(app: &App, name: &str) -> bool {
+    app.registry()
+        .get(name)
+        .is_some_and(|s| s.settings.load().options.tls_enabled)
+}
+
+fn describe(service: &Service) -> ServiceDescription {
+    let settings = service.settings.load();
+    let pool = service.active.load();
+    let (mut targets, mut readers) = (Vec::new(), Vec::new());
+    for t in pool.describe() {
+        let d = TargetDescription {
+            address: t.address,
+            state: t.state.as_str().to_owned(),
+        };
+        if t.is_reader {
+            readers.push(d);
+        } else {
+            targets.push(d);
+        }
+    }
+    let pause = service.pause.load();
+    ServiceDescription {
+        name: service.name.to_string(),
+        hosts: settings
+            .options
+            .hosts
+            .iter()
+            .filter(|h| !h.is_empty())
+            .cloned()
+            .collect(),
+        paths: settings.options.path_prefixes.clone(),
+        targets,
+        readers,
+        rollout_targets: Vec::new(),
+        rollout_readers: Vec::new(),
+        state: pause.state.as_str().to_owned(),
+        tls: settings.options.tls_enabled,
+        stop_message: pause.message.clone(),
+    }
+}

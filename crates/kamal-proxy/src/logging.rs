@@ -1,0 +1,290 @@
+//! Log output in upstream's shape: one JSON object per line on stdout, keys `time`, `level`,
+//! `msg`, then the event's fields in the order they were written.
+//!
+//! Go's `slog` JSON handler defines the shape operators' log pipelines already parse, so we
+//! write it by hand instead of using tracing-subscriber's JSON layout (different keys, nested
+//! fields). A field named `json.<key>` carries pre-rendered JSON (lists such as `targets`),
+//! written raw under `<key>`.
+
+use std::fmt::{self, Write as _};
+use std::io::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// Installs the global subscriber: INFO and above, DEBUG too when `debug` is set.
+pub fn init(debug: bool) {
+    let level = if debug { Level::DEBUG } else { Level::INFO };
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .event_format(GoJson)
+        .with_writer(std::io::stdout)
+        .finish();
+    // A second init (tests starting the app in-process twice) keeps the first subscriber.
+    let _ = tracing::subscriber::set_global_default(subscriber);
+}
+
+/// Writes one complete, already formatted log line (used by the access log, whose keys are
+/// only known at run time).
+pub fn write_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    // Logging must never take the process down; a closed stdout loses the line.
+    let _ = out.write_all(line.as_bytes());
+}
+
+/// The `time`, `level` and `msg` prefix of a log line, without the closing brace.
+pub fn line_start(out: &mut String, level: &str, msg: &str) {
+    out.push_str("{\"time\":\"");
+    push_time(out, SystemTime::now());
+    out.push_str("\",\"level\":\"");
+    out.push_str(level);
+    out.push_str("\",\"msg\":");
+    push_json_str(out, msg);
+}
+
+/// Event formatter producing upstream's JSON lines.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GoJson;
+
+impl<S, N> FormatEvent<S, N> for GoJson
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let level = match *event.metadata().level() {
+            Level::ERROR => "ERROR",
+            Level::WARN => "WARN",
+            Level::INFO => "INFO",
+            // slog has no TRACE; anything below INFO is DEBUG.
+            _ => "DEBUG",
+        };
+        let mut visitor = FieldVisitor::default();
+        event.record(&mut visitor);
+        let mut line = String::with_capacity(128 + visitor.fields.len());
+        line_start(&mut line, level, &visitor.message);
+        line.push_str(&visitor.fields);
+        line.push_str("}\n");
+        writer.write_str(&line)
+    }
+}
+
+#[derive(Default)]
+struct FieldVisitor {
+    message: String,
+    fields: String,
+}
+
+impl FieldVisitor {
+    fn key(&mut self, field: &Field) {
+        let name = field.name();
+        let name = name.strip_prefix("json.").unwrap_or(name);
+        self.fields.push(',');
+        push_json_str(&mut self.fields, name);
+        self.fields.push(':');
+    }
+}
+
+impl Visit for FieldVisitor {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.message.push_str(value);
+        } else if field.name().starts_with("json.") {
+            self.key(field);
+            self.fields.push_str(value);
+        } else {
+            self.key(field);
+            push_json_str(&mut self.fields, value);
+        }
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.key(field);
+        let _ = write!(self.fields, "{value}");
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.key(field);
+        let _ = write!(self.fields, "{value}");
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.key(field);
+        if value.is_finite() {
+            let _ = write!(self.fields, "{value}");
+        } else {
+            push_json_str(&mut self.fields, &value.to_string());
+        }
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.key(field);
+        self.fields.push_str(if value { "true" } else { "false" });
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.record_str(field, &value.to_string());
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        // `%value` fields arrive here too, wrapped so that Debug prints their Display.
+        self.record_str(field, &format!("{value:?}"));
+    }
+}
+
+/// Appends `s` as a JSON string. Unlike many encoders, `<`, `>` and `&` stay literal (as Go's
+/// slog writes them); U+2028 and U+2029 are escaped.
+pub fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        let escape: Option<&str> = match c {
+            '"' => Some("\\\""),
+            '\\' => Some("\\\\"),
+            '\n' => Some("\\n"),
+            '\r' => Some("\\r"),
+            '\t' => Some("\\t"),
+            '\u{2028}' => Some("\\u2028"),
+            '\u{2029}' => Some("\\u2029"),
+            c if (c as u32) < 0x20 => None,
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        match escape {
+            Some(e) => out.push_str(e),
+            None => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+        }
+        start = i + c.len_utf8();
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
+}
+
+/// Renders a list of strings as a JSON array (for `json.<key>` fields).
+pub fn json_list<S: AsRef<str>>(items: &[S]) -> String {
+    let mut out = String::from("[");
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_json_str(&mut out, item.as_ref());
+    }
+    out.push(']');
+    out
+}
+
+/// Appends `t` in RFC 3339 UTC with up to nine fractional digits, trailing zeros trimmed (Go's
+/// `time.RFC3339Nano`).
+pub fn push_time(out: &mut String, t: SystemTime) {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs() as i64;
+    let nanos = since.subsec_nanos();
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (year, month, day) = civil_from_days(days);
+    let _ = write!(
+        out,
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    );
+    if nanos != 0 {
+        let mut frac = format!("{nanos:09}");
+        while frac.ends_with('0') {
+            frac.pop();
+        }
+        out.push('.');
+        out.push_str(&frac);
+    }
+    out.push('Z');
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn time_is_rfc3339_with_trimmed_nanos() {
+        let mut s = String::new();
+        push_time(
+            &mut s,
+            UNIX_EPOCH + Duration::new(1_795_710_827, 273_061_310),
+        );
+        assert_eq!(s, "2026-11-26T16:33:47.27306131Z");
+        let mut s = String::new();
+        push_time(&mut s, UNIX_EPOCH + Duration::from_secs(951_782_400)); // leap day 2000
+        assert_eq!(s, "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn strings_are_escaped_without_html_escaping() {
+        let mut s = String::new();
+        push_json_str(&mut s, "/a<b>&c \"q\" \\ \n \u{1} \u{2028}");
+        assert_eq!(s, r#""/a<b>&c \"q\" \\ \n \u0001 \u2028""#);
+    }
+
+    #[test]
+    fn lists_render_as_json_arrays() {
+        assert_eq!(json_list(&["a", "b\""]), r#"["a","b\""]"#);
+        assert_eq!(json_list::<&str>(&[]), "[]");
+    }
+
+    #[test]
+    fn events_keep_field_order_and_types() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .event_format(GoJson)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let targets = json_list(&["web:3000"]);
+            tracing::info!(service = "app", json.targets = %targets, tls = false, http = 80u16, "Deploying");
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let rest = out.split_once("\",\"level\"").unwrap().1;
+        assert_eq!(
+            rest,
+            ":\"INFO\",\"msg\":\"Deploying\",\"service\":\"app\",\"targets\":[\"web:3000\"],\"tls\":false,\"http\":80}\n"
+        );
+    }
+}
