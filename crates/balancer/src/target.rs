@@ -157,12 +157,15 @@ pub struct Target {
     reader: bool,
     state: AtomicU8,
     inflight: Arc<InFlight>,
+    /// Built once so a request does not re-validate the address into a header value.
+    forward: crate::ForwardTarget,
 }
 
 impl Target {
     /// Creates a target in the `adding` state; `reader` marks a `--read-target`.
     pub fn new(addr: TargetAddr, reader: bool) -> Self {
         Self {
+            forward: crate::ForwardTarget::new(addr.authority().clone()),
             addr,
             reader,
             state: AtomicU8::new(TargetState::Adding as u8),
@@ -173,6 +176,11 @@ impl Target {
     /// The target's address.
     pub fn addr(&self) -> &TargetAddr {
         &self.addr
+    }
+
+    /// Where requests for this target are forwarded, with its `X-Kamal-Target` label.
+    pub fn forward_target(&self) -> &crate::ForwardTarget {
+        &self.forward
     }
 
     /// Whether this is a read target (`--read-target`).

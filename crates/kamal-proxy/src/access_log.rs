@@ -91,11 +91,29 @@ impl AccessLog {
         self.target = Some(label.clone());
     }
 
-    /// Records `--log-request-header` values (as the proxy modified the request).
-    pub fn capture_request_headers(&mut self, names: &[LogHeader], headers: &HeaderMap) {
+    /// Records `--log-request-header` values as the target sees them: `X-Kamal-Target` is
+    /// shown as the forwarder writes it (the target label, appended to the client's values
+    /// when forwarded headers are trusted).
+    pub fn capture_request_headers(
+        &mut self,
+        names: &[LogHeader],
+        headers: &HeaderMap,
+        target: &HeaderValue,
+        forward_headers: bool,
+    ) {
         for name in names {
-            self.extra
-                .push((name.req_key.clone(), joined(headers, &name.name)));
+            let value = if name.name == "x-kamal-target" {
+                let label = String::from_utf8_lossy(target.as_bytes());
+                let existing = joined(headers, &name.name);
+                if forward_headers && !existing.is_empty() {
+                    format!("{existing}, {label}")
+                } else {
+                    label.into_owned()
+                }
+            } else {
+                joined(headers, &name.name)
+            };
+            self.extra.push((name.req_key.clone(), value));
         }
     }
 
@@ -265,7 +283,15 @@ mod tests {
         let mut log = AccessLog::begin(&req, conn, Instant::now());
         log.set_service(&Arc::from("svc"));
         log.set_target(&HeaderValue::from_static("web:3000"));
-        log.capture_request_headers(&[LogHeader::new("X-Custom").unwrap()], req.headers());
+        log.capture_request_headers(
+            &[
+                LogHeader::new("X-Custom").unwrap(),
+                LogHeader::new("X-Kamal-Target").unwrap(),
+            ],
+            req.headers(),
+            &HeaderValue::from_static("web:3000"),
+            true,
+        );
         let resp = Response::builder()
             .status(201)
             .header("content-type", "text/plain")
@@ -277,8 +303,8 @@ mod tests {
         std::mem::forget(log);
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
-        assert_eq!(keys.len(), 24);
+        assert_eq!(keys.len(), 25);
         assert!(line.contains(r#""msg":"Request","host":"a.test:8080","port":80,"path":"/a b","request_id":"rid","status":201,"service":"svc","target":"web:3000","duration":"#));
-        assert!(line.contains(r#""method":"GET","req_content_length":0,"req_content_type":"","resp_content_length":5,"resp_content_type":"text/plain","client_addr":"127.0.0.1","client_port":"4000","remote_addr":"127.0.0.1","user_agent":"curl","proto":"HTTP/1.1","scheme":"http","query":"x=1","req_x_custom":"one,two"}"#));
+        assert!(line.contains(r#""method":"GET","req_content_length":0,"req_content_type":"","resp_content_length":5,"resp_content_type":"text/plain","client_addr":"127.0.0.1","client_port":"4000","remote_addr":"127.0.0.1","user_agent":"curl","proto":"HTTP/1.1","scheme":"http","query":"x=1","req_x_custom":"one,two","req_x_kamal_target":"web:3000"}"#));
     }
 }

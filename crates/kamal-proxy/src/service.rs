@@ -7,7 +7,7 @@ use arc_swap::ArcSwap;
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use kamal_balancer::{ForwardContext, ForwardTarget, Pool};
+use kamal_balancer::{ForwardContext, Pool};
 use kamal_control::{ServiceOptions, TargetOptions};
 
 use crate::access_log::{AccessLog, ConnInfo, LogHeader};
@@ -109,7 +109,7 @@ impl Service {
     pub async fn serve(
         &self,
         app: &App,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         prefix: &str,
         conn: ConnInfo,
         log: &mut AccessLog,
@@ -134,13 +134,15 @@ impl Service {
             Ok(claim) => claim,
             Err(_) => return rescue::page(StatusCode::SERVICE_UNAVAILABLE, None),
         };
-        let upstream = ForwardTarget::new(claim.target.addr().authority().clone());
+        let upstream = claim.target.forward_target();
         log.set_target(upstream.label());
         if !settings.log_request_headers.is_empty() {
-            // Logged as the target sees them, including the header the forwarder adds.
-            req.headers_mut()
-                .insert("x-kamal-target", upstream.label().clone());
-            log.capture_request_headers(&settings.log_request_headers, req.headers());
+            log.capture_request_headers(
+                &settings.log_request_headers,
+                req.headers(),
+                upstream.label(),
+                settings.target_options.forward_headers,
+            );
         }
 
         let upstream_path = upstream_path_and_query(&req, prefix, settings.options.strip_prefix);
@@ -153,7 +155,7 @@ impl Service {
         };
         match app
             .forwarder
-            .forward(req, &upstream, claim.lease, &ctx)
+            .forward(req, upstream, claim.lease, &ctx)
             .await
         {
             Ok(resp) => {
