@@ -1,5 +1,6 @@
 //! Targets, health checks, in-flight tracking, draining, load balancing and request forwarding.
 
+pub mod affinity;
 pub mod body;
 pub mod error;
 pub mod forward;
@@ -7,7 +8,9 @@ pub mod forward_error;
 pub mod headers;
 pub mod health;
 pub mod inflight;
+pub mod pause;
 pub mod pool;
+pub mod rollout;
 pub mod target;
 #[cfg(test)]
 mod testing;
@@ -19,5 +22,7 @@ pub use forward::{ForwardContext, ForwardTarget, Forwarder};
 pub use forward_error::ForwardError;
 pub use health::HealthConfig;
 pub use inflight::{InFlight, Lease};
+pub use pause::{Admission, PauseController, PauseSnapshot, PauseState};
 pub use pool::{Claim, Pool, TargetInfo};
+pub use rollout::RolloutSplit;
 pub use target::{Target, TargetAddr, TargetState};

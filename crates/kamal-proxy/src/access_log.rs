@@ -86,6 +86,11 @@ impl AccessLog {
         self.service = Some(Arc::clone(name));
     }
 
+    /// Replaces `remote_addr` (the `--client-ip-header` rewrite of `X-Forwarded-For`).
+    pub fn set_remote_addr(&mut self, value: HeaderValue) {
+        self.remote_addr = Some(value);
+    }
+
     /// Records the target the request was sent to.
     pub fn set_target(&mut self, label: &HeaderValue) {
         self.target = Some(label.clone());

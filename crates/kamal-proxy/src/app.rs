@@ -7,10 +7,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use kamal_balancer::{Forwarder, HealthConfig, Pool, TargetAddr};
+use kamal_balancer::{Forwarder, HealthConfig, Pool, RolloutSplit, TargetAddr};
 use kamal_control::{
-    DeployRequest, Request as Command, Response as Answer, ServiceDescription, ServiceOptions,
-    TargetDescription, TargetOptions,
+    DeployRequest, GoDuration, Request as Command, Response as Answer, RolloutDeployRequest,
+    ServiceDescription, ServiceOptions, TargetDescription, TargetOptions,
 };
 use kamal_router::{RouteError, RouteTable, SharedRoutes};
 
@@ -19,7 +19,7 @@ use crate::body::ResponseBody;
 use crate::logging::json_list;
 use crate::rescue;
 use crate::serve::HttpHandler;
-use crate::service::{Pause, PauseState, Service, Settings};
+use crate::service::{Service, Settings};
 
 /// The whole proxy: what requests read (lock-free) and what the control plane changes.
 #[derive(Debug)]
@@ -88,10 +88,7 @@ impl App {
         pool.start_health_checks();
         if !req.force && !pool.wait_healthy(req.deploy_timeout.to_std()).await {
             pool.dispose();
-            return Err(format!(
-                "target failed to become healthy within configured timeout ({})",
-                req.deploy_timeout
-            ));
+            return Err(unhealthy_message(req.deploy_timeout));
         }
 
         let settings = Settings::new(options, req.target_options.clone());
@@ -173,24 +170,162 @@ impl App {
                     self.routes.store(table);
                 }
                 apply_tls_inheritance(&registry, &self.routes.load_full());
-                service.active.load().dispose();
+                service.dispose();
                 Ok(())
             }
-            None => Err("service not found".to_owned()),
+            None => Err(SERVICE_NOT_FOUND.to_owned()),
         };
         self.save_locked(&registry);
         result
     }
 
-    /// Changes a service's pause state (behaviour comes with the traffic-control issue).
-    fn set_pause(&self, name: &str, pause: Pause) -> Result<Arc<Service>, String> {
+    /// The service called `name`, if deployed.
+    fn service(&self, name: &str) -> Option<Arc<Service>> {
+        self.registry().get(name).cloned()
+    }
+
+    /// Saves the state file now.
+    fn save(&self) {
+        self.save_locked(&self.registry());
+    }
+
+    /// `pause`: hold new requests, then drain in-flight ones (spec §5.1).
+    pub async fn pause(
+        &self,
+        name: &str,
+        drain_timeout: GoDuration,
+        max_pause: GoDuration,
+    ) -> Result<(), String> {
+        let result = match self.service(name) {
+            Some(service) => {
+                service.pause.pause(max_pause.to_std());
+                tracing::info!(service = %name, "Service paused");
+                service.drain(drain_timeout.to_std()).await;
+                tracing::info!(service = %name, "Service drained");
+                Ok(())
+            }
+            None => Err(SERVICE_NOT_FOUND.to_owned()),
+        };
+        // Saved after draining, and even on failure, as upstream does.
+        self.save();
+        result
+    }
+
+    /// `stop`: answer 503 with `message` (waiting requests too), then drain (spec §5.2).
+    pub async fn stop(
+        &self,
+        name: &str,
+        drain_timeout: GoDuration,
+        message: &str,
+    ) -> Result<(), String> {
+        let result = match self.service(name) {
+            Some(service) => {
+                service.pause.stop(message);
+                tracing::info!(service = %name, "Service stopped");
+                service.drain(drain_timeout.to_std()).await;
+                tracing::info!(service = %name, "Service drained");
+                Ok(())
+            }
+            None => Err(SERVICE_NOT_FOUND.to_owned()),
+        };
+        self.save();
+        result
+    }
+
+    /// `resume`: back to running; held requests proceed in arrival order (spec §5.3).
+    pub fn resume(&self, name: &str) -> Result<(), String> {
+        let result = match self.service(name) {
+            Some(service) => {
+                service.pause.resume();
+                tracing::info!(service = %name, "Service resumed");
+                Ok(())
+            }
+            None => Err(SERVICE_NOT_FOUND.to_owned()),
+        };
+        self.save();
+        result
+    }
+
+    /// `rollout deploy`: a second, health-gated pool in the rollout slot; the previous rollout
+    /// pool is drained (spec §6). Routing changes only once a split is set.
+    pub async fn rollout_deploy(&self, req: RolloutDeployRequest) -> Result<(), String> {
+        let service = self
+            .service(&req.service)
+            .ok_or_else(|| SERVICE_NOT_FOUND.to_owned())?;
+        let targets = json_list(&req.target_urls);
+        tracing::info!(service = %req.service, json.targets = %targets, "Deploying for rollout");
+        // The rollout pool uses the service's current target options.
+        let target_options = service.settings.load().target_options.clone();
+        let pool = build_pool(&req.target_urls, &req.reader_urls, &target_options)?;
+        pool.start_health_checks();
+        if !pool.wait_healthy(req.deploy_timeout.to_std()).await {
+            pool.dispose();
+            return Err(unhealthy_message(req.deploy_timeout));
+        }
+
+        let replaced = {
+            let registry = self.registry();
+            // The service may have been removed or replaced while the pool became healthy.
+            let result = match registry.get(&req.service) {
+                Some(current) if Arc::ptr_eq(current, &service) => {
+                    Ok(current.rollout.swap(Some(Arc::clone(&pool))))
+                }
+                _ => Err(SERVICE_NOT_FOUND.to_owned()),
+            };
+            self.save_locked(&registry);
+            result
+        };
+        match replaced {
+            Ok(Some(old)) => {
+                old.dispose();
+                old.drain(req.drain_timeout.to_std()).await;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                pool.dispose();
+                return Err(e);
+            }
+        }
+        tracing::info!(service = %req.service, json.targets = %targets, "Deployed for rollout");
+        Ok(())
+    }
+
+    /// `rollout set`: replaces the split; needs a rollout pool (spec §6).
+    pub fn rollout_set(
+        &self,
+        name: &str,
+        percentage: i64,
+        allowlist: Vec<String>,
+    ) -> Result<(), String> {
         let registry = self.registry();
         let result = match registry.get(name) {
-            Some(service) => {
-                service.pause.store(Arc::new(pause));
-                Ok(Arc::clone(service))
+            None => Err(SERVICE_NOT_FOUND.to_owned()),
+            Some(service) if service.rollout.load().is_none() => {
+                Err("rollout target not set".to_owned())
             }
-            None => Err("service not found".to_owned()),
+            Some(service) => {
+                let list = json_list(&allowlist);
+                service
+                    .split
+                    .store(Some(Arc::new(RolloutSplit::new(percentage, allowlist))));
+                tracing::info!(service = %name, percentage, json.allowlist = %list, "Set rollout split");
+                Ok(())
+            }
+        };
+        self.save_locked(&registry);
+        result
+    }
+
+    /// `rollout stop`: all traffic back to the active pool; the rollout pool stays (spec §6).
+    pub fn rollout_stop(&self, name: &str) -> Result<(), String> {
+        let registry = self.registry();
+        let result = match registry.get(name) {
+            None => Err(SERVICE_NOT_FOUND.to_owned()),
+            Some(service) => {
+                service.split.store(None);
+                tracing::info!(service = %name, "Stopped rollout");
+                Ok(())
+            }
         };
         self.save_locked(&registry);
         result
@@ -222,13 +357,33 @@ impl App {
                     continue;
                 }
             };
+            let rollout = match &service.rollout {
+                Some((writers, readers)) if !(writers.is_empty() && readers.is_empty()) => {
+                    match build_pool(writers, readers, &service.target_options) {
+                        Ok(pool) => Some(pool),
+                        Err(error) => {
+                            tracing::error!(service = %name, error = %error, "Failed to restore service");
+                            continue;
+                        }
+                    }
+                }
+                _ => None,
+            };
             pool.mark_all_healthy();
             pool.start_health_checks();
-            let settings = Settings::new(service.options, service.target_options);
+            let settings = Settings::new(service.options, service.target_options.clone());
             match self.install_locked(&mut registry, &name, settings, pool) {
                 Ok(_) => {
                     if let Some(s) = registry.get(&name) {
-                        s.pause.store(Arc::new(service.pause));
+                        if let Some(rollout) = rollout {
+                            rollout.mark_all_healthy();
+                            rollout.start_health_checks();
+                            s.rollout.store(Some(rollout));
+                        }
+                        s.split.store(service.split.map(Arc::new));
+                        // The same transitions as `pause`/`stop`, so a restored paused
+                        // service can be resumed or stopped (upstream crashes, §13.3).
+                        s.pause.apply(&service.pause);
                     }
                 }
                 Err(error) => {
@@ -245,39 +400,27 @@ impl App {
             Command::Remove { service } => self.remove(&service),
             Command::Pause {
                 service,
+                drain_timeout,
                 pause_timeout,
-                ..
-            } => self
-                .set_pause(
-                    &service,
-                    Pause {
-                        state: PauseState::Paused,
-                        message: String::new(),
-                        max_pause: pause_timeout,
-                    },
-                )
-                .map(|_| ()),
+            } => self.pause(&service, drain_timeout, pause_timeout).await,
             Command::Stop {
-                service, message, ..
-            } => self
-                .set_pause(
-                    &service,
-                    Pause {
-                        state: PauseState::Stopped,
-                        message,
-                        max_pause: kamal_control::GoDuration::ZERO,
-                    },
-                )
-                .map(|_| ()),
-            Command::Resume { service } => self.set_pause(&service, Pause::default()).map(|_| ()),
+                service,
+                drain_timeout,
+                message,
+            } => self.stop(&service, drain_timeout, &message).await,
+            Command::Resume { service } => self.resume(&service),
             Command::List => {
                 return Answer::List {
                     services: self.list(),
                 }
             }
-            Command::RolloutDeploy(req) => Err(not_yet(&req.service, "rollout deploy")),
-            Command::RolloutSet { service, .. } => Err(not_yet(&service, "rollout set")),
-            Command::RolloutStop { service } => Err(not_yet(&service, "rollout stop")),
+            Command::RolloutDeploy(req) => self.rollout_deploy(req).await,
+            Command::RolloutSet {
+                service,
+                percentage,
+                allowlist,
+            } => self.rollout_set(&service, percentage, allowlist),
+            Command::RolloutStop { service } => self.rollout_stop(&service),
         };
         match result {
             Ok(()) => Answer::Ok,
@@ -286,9 +429,12 @@ impl App {
     }
 }
 
-fn not_yet(service: &str, command: &str) -> String {
-    let _ = service;
-    format!("{command} is not supported by this version of kamal-proxy yet")
+/// The error of every command naming a service that does not exist.
+const SERVICE_NOT_FOUND: &str = "service not found";
+
+/// The error of a deploy whose targets did not all become healthy in time (spec §4.5).
+fn unhealthy_message(timeout: GoDuration) -> String {
+    format!("target failed to become healthy within configured timeout ({timeout})")
 }
 
 impl kamal_control::server::Handler for App {
@@ -334,7 +480,7 @@ fn stamp_request<B>(req: &mut Request<B>) {
 }
 
 /// The request's host: the URI authority (HTTP/2, absolute-form) or the `Host` header.
-fn request_authority<B>(req: &Request<B>) -> &str {
+pub(crate) fn request_authority<B>(req: &Request<B>) -> &str {
     if let Some(a) = req.uri().authority() {
         return a.as_str();
     }
@@ -450,7 +596,21 @@ fn describe(service: &Service) -> ServiceDescription {
             targets.push(d);
         }
     }
-    let pause = service.pause.load();
+    let (mut rollout_targets, mut rollout_readers) = (Vec::new(), Vec::new());
+    if let Some(pool) = service.rollout.load().as_ref() {
+        for t in pool.describe() {
+            let d = TargetDescription {
+                address: t.address,
+                state: t.state.as_str().to_owned(),
+            };
+            if t.is_reader {
+                rollout_readers.push(d);
+            } else {
+                rollout_targets.push(d);
+            }
+        }
+    }
+    let pause = service.pause.snapshot();
     ServiceDescription {
         name: service.name.to_string(),
         hosts: settings
@@ -463,10 +623,10 @@ fn describe(service: &Service) -> ServiceDescription {
         paths: settings.options.path_prefixes.clone(),
         targets,
         readers,
-        rollout_targets: Vec::new(),
-        rollout_readers: Vec::new(),
+        rollout_targets,
+        rollout_readers,
         state: pause.state.as_str().to_owned(),
         tls: settings.options.tls_enabled,
-        stop_message: pause.message.clone(),
+        stop_message: pause.message,
     }
 }

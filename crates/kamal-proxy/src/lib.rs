@@ -11,11 +11,16 @@
 pub mod access_log;
 pub mod app;
 pub mod body;
+pub mod buffering;
 pub mod cli;
+pub mod cookies;
+pub mod error_pages;
 pub mod logging;
 pub mod pages;
+pub mod redirect;
 pub mod rescue;
 pub mod run;
 pub mod serve;
 pub mod service;
 pub mod state;
+pub mod tls;

@@ -40,6 +40,8 @@ async fn serve_until_signal(config: RunConfig) -> Result<(), String> {
     crate::logging::init(config.debug);
     let env = kamal_control::paths::ProcessEnv;
     let app = App::new(kamal_control::paths::state_file_path(&env));
+    // The lead moves this into `App` (see the TLS report): `let tls = Arc::clone(app.tls());`
+    let tls = crate::tls::Tls::new();
     app.restore();
 
     if config.metrics_port == 0 {
@@ -80,9 +82,17 @@ async fn serve_until_signal(config: RunConfig) -> Result<(), String> {
         Arc::clone(&graceful),
         stop.clone(),
     ));
-    // TLS arrives with the TLS issue; until then the HTTPS port is bound (so the port is
-    // reserved and reported) but connections are closed at once.
-    tasks.spawn(serve::refuse_loop(https, stop.clone()));
+    let https_loop = {
+        let (tls, app, graceful, stop) = (
+            Arc::clone(&tls),
+            Arc::clone(&app),
+            Arc::clone(&graceful),
+            stop.clone(),
+        );
+        tokio::spawn(async move {
+            serve::tls_accept_loop(https, config.https_port, tls, app, &graceful, stop).await
+        })
+    };
     {
         let stop = stop.clone();
         let app = Arc::clone(&app);
@@ -99,7 +109,8 @@ async fn serve_until_signal(config: RunConfig) -> Result<(), String> {
     stop.cancel();
     // The accept loop holds the other reference to `graceful`; it returns at once on `stop`.
     let _ = http_loop.await;
-    let graceful = Arc::try_unwrap(graceful).unwrap_or_else(|_| GracefulShutdown::new());
+    let _ = https_loop.await;
+    let graceful = reclaim(graceful).await;
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
         .await
         .is_err()
@@ -109,6 +120,20 @@ async fn serve_until_signal(config: RunConfig) -> Result<(), String> {
     tasks.shutdown().await;
     tracing::info!("Server stopped");
     Ok(())
+}
+
+/// Takes back sole ownership of the shutdown watcher. TLS handshake tasks hold it only weakly
+/// and for an instant while registering a finished connection, so a few tries suffice.
+async fn reclaim(mut graceful: Arc<GracefulShutdown>) -> GracefulShutdown {
+    for _ in 0..100 {
+        match Arc::try_unwrap(graceful) {
+            Ok(g) => return g,
+            Err(shared) => graceful = shared,
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Still shared: shut down without waiting rather than hang.
+    GracefulShutdown::new()
 }
 
 async fn wait_for_signal() {

@@ -14,11 +14,13 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::access_log::ConnInfo;
 use crate::body::ResponseBody;
+use crate::tls::Tls;
 
 /// Largest request head accepted; larger heads get 431 (Go allows 1 MB plus slack).
 const MAX_HEAD_BYTES: usize = 1024 * 1024 + 4096;
@@ -125,6 +127,20 @@ fn serve_connection<H: HttpHandler>(
     graceful: &GracefulShutdown,
 ) {
     let _ = stream.set_nodelay(true);
+    serve_io(stream, conn, handler, builder, graceful);
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on an established byte stream (plain TCP or TLS).
+fn serve_io<H, IO>(
+    io: IO,
+    conn: ConnInfo,
+    handler: Arc<H>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    graceful: &GracefulShutdown,
+) where
+    H: HttpHandler,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let handler = Arc::clone(&handler);
         async move {
@@ -140,7 +156,7 @@ fn serve_connection<H: HttpHandler>(
         }
     });
     let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
     let watched = graceful.watch(connection);
     tokio::spawn(async move {
@@ -152,6 +168,63 @@ fn serve_connection<H: HttpHandler>(
     });
 }
 
+/// Accepts TLS connections until `stop` fires. Each handshake runs in its own task (a slow or
+/// stalled client never holds up the others); failures are logged at DEBUG only, because
+/// scanners cause a steady stream of them (upstream logs them at INFO).
+pub async fn tls_accept_loop<H: HttpHandler>(
+    listener: TcpListener,
+    configured_port: u16,
+    tls: Arc<Tls>,
+    handler: Arc<H>,
+    graceful: &Arc<GracefulShutdown>,
+    stop: CancellationToken,
+) {
+    let builder = Arc::new(builder());
+    // Handshake tasks hold the shutdown watcher weakly, so shutdown can take it back.
+    let weak_graceful = Arc::downgrade(graceful);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::error!(error = %e, "Error accepting connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let peer = canonical_peer(peer);
+        let conn = ConnInfo {
+            peer,
+            tls: true,
+            port: configured_port,
+        };
+        let (tls, handler, builder) =
+            (Arc::clone(&tls), Arc::clone(&handler), Arc::clone(&builder));
+        let graceful = weak_graceful.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let accepted = tokio::select! {
+                _ = stop.cancelled() => return,
+                accepted = tls.accept(stream) => accepted,
+            };
+            match accepted {
+                Ok(Some(stream)) => {
+                    if let Some(graceful) = graceful.upgrade() {
+                        serve_io(stream, conn, handler, builder, &graceful);
+                    }
+                }
+                Ok(None) => {}
+                Err(reason) => {
+                    tracing::debug!("http: TLS handshake error from {peer}: {reason}");
+                }
+            }
+        });
+    }
+}
+
 /// IPv4 clients arrive on the dual-stack socket as `::ffff:a.b.c.d`; log them as IPv4.
 fn canonical_peer(peer: SocketAddr) -> SocketAddr {
     match peer {
@@ -160,16 +233,6 @@ fn canonical_peer(peer: SocketAddr) -> SocketAddr {
             None => peer,
         },
         v4 => v4,
-    }
-}
-
-/// Accepts and immediately closes connections (a listener whose protocol is not served yet).
-pub async fn refuse_loop(listener: TcpListener, stop: CancellationToken) {
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => drop(accepted),
-        }
     }
 }
 

@@ -1,19 +1,19 @@
 //! A deployed service: its options as the request path needs them, and its target pool.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode};
+use http::{HeaderName, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use kamal_balancer::{ForwardContext, Pool};
+use kamal_balancer::{affinity, Admission, ForwardContext, PauseController, Pool, RolloutSplit};
 use kamal_control::{ServiceOptions, TargetOptions};
 
 use crate::access_log::{AccessLog, ConnInfo, LogHeader};
 use crate::app::App;
 use crate::body::ResponseBody;
-use crate::rescue;
+use crate::{cookies, redirect, rescue};
 
 /// Everything the request path reads from a service's options, derived once per deploy.
 #[derive(Debug)]
@@ -29,6 +29,10 @@ pub struct Settings {
     pub log_request_headers: Vec<LogHeader>,
     /// `--log-response-header` names with their log keys.
     pub log_response_headers: Vec<LogHeader>,
+    /// `--client-ip-header`, when set to a valid header name.
+    pub client_ip_header: Option<HeaderName>,
+    /// `--writer-affinity-timeout` (zero turns affinity off).
+    pub writer_affinity_timeout: Duration,
 }
 
 impl Settings {
@@ -40,45 +44,12 @@ impl Settings {
             target_timeout: target_options.response_timeout.to_std(),
             log_request_headers: headers(&target_options.log_request_headers),
             log_response_headers: headers(&target_options.log_response_headers),
+            client_ip_header: HeaderName::from_bytes(options.client_ip_header.as_bytes()).ok(),
+            writer_affinity_timeout: options.writer_affinity_timeout.to_std(),
             options,
             target_options,
         }
     }
-}
-
-/// Whether a service accepts requests (spec §5). Behaviour lands with the traffic-control issue;
-/// the state is kept, listed and persisted now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum PauseState {
-    /// Serving normally.
-    #[default]
-    Running,
-    /// Holding new requests.
-    Paused,
-    /// Answering 503 with the stop message.
-    Stopped,
-}
-
-impl PauseState {
-    /// The name `list` shows.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PauseState::Running => "running",
-            PauseState::Paused => "paused",
-            PauseState::Stopped => "stopped",
-        }
-    }
-}
-
-/// Pause state with its message and max-pause, as persisted.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Pause {
-    /// Current state.
-    pub state: PauseState,
-    /// Message shown while stopped.
-    pub message: String,
-    /// How long a paused request may wait.
-    pub max_pause: kamal_control::GoDuration,
 }
 
 /// A deployed service.
@@ -90,26 +61,55 @@ pub struct Service {
     pub settings: ArcSwap<Settings>,
     /// The active target pool; swapped whole on deploy.
     pub active: ArcSwap<Pool>,
-    /// Pause state (control plane only for now).
-    pub pause: ArcSwap<Pause>,
+    /// The rollout pool (`rollout deploy`), if any.
+    pub rollout: ArcSwapOption<Pool>,
+    /// The rollout split (`rollout set`); traffic goes to the rollout pool only with both.
+    pub split: ArcSwapOption<RolloutSplit>,
+    /// Running, paused or stopped (spec §5).
+    pub pause: PauseController,
 }
 
 impl Service {
-    /// A new service serving `pool`.
+    /// A new, running service serving `pool`.
     pub fn new(name: &str, settings: Settings, pool: Arc<Pool>) -> Arc<Self> {
         Arc::new(Service {
             name: Arc::from(name),
             settings: ArcSwap::from_pointee(settings),
             active: ArcSwap::new(pool),
-            pause: ArcSwap::from_pointee(Pause::default()),
+            rollout: ArcSwapOption::empty(),
+            split: ArcSwapOption::empty(),
+            pause: PauseController::new(),
         })
     }
 
-    /// Serves one request routed to this service at `prefix`.
+    /// Drains the active and the rollout pool in parallel (pause and stop, spec §5).
+    pub async fn drain(&self, timeout: Duration) {
+        let active = self.active.load_full();
+        let rollout = self.rollout.load_full();
+        let rollout = async {
+            if let Some(pool) = rollout {
+                pool.drain(timeout).await;
+            }
+        };
+        futures_util::join!(active.drain(timeout), rollout);
+    }
+
+    /// Stops the health checks of both pools (the service is removed).
+    pub fn dispose(&self) {
+        self.active.load().dispose();
+        if let Some(pool) = self.rollout.load().as_ref() {
+            pool.dispose();
+        }
+    }
+
+    /// Serves one request routed to this service at `prefix`, in the order of spec §7.1
+    /// steps 8 and 11: client IP, TLS mismatch, redirects, health-check bypass and pause gate,
+    /// pool and target choice, forwarding, then response rewrites (cookie scope, writer
+    /// affinity).
     pub async fn serve(
         &self,
         app: &App,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         prefix: &str,
         conn: ConnInfo,
         log: &mut AccessLog,
@@ -117,21 +117,57 @@ impl Service {
         log.set_service(&self.name);
         let settings = self.settings.load();
 
+        if let Some(header) = &settings.client_ip_header {
+            apply_client_ip(&mut req, header, log);
+        }
         // A service without TLS reached over TLS answers 503 (spec §7.9).
         if conn.tls && !settings.options.tls_enabled {
             return rescue::page(StatusCode::SERVICE_UNAVAILABLE, None);
         }
-        {
-            let pause = self.pause.load();
-            if pause.state == PauseState::Stopped {
-                let message = (!pause.message.is_empty()).then_some(pause.message.as_str());
-                return rescue::page(StatusCode::SERVICE_UNAVAILABLE, message);
+        let authority = crate::app::request_authority(&req);
+        if let Some(resp) = redirect::redirect(&req, authority, conn.tls, &settings.options) {
+            return resp;
+        }
+        if !self.pause.is_running() {
+            if let Some(resp) = self.held(&req, prefix, &settings).await {
+                return resp;
             }
         }
 
-        let pool = self.active.load();
-        let claim = match pool.claim(is_read_request(&req)) {
+        // Scoping needs the host after the request has been handed to the forwarder.
+        let cookie_scope = (settings.target_options.scope_cookie_paths
+            && settings.options.strip_prefix
+            && prefix != "/")
+            .then(|| redirect::strip_port(crate::app::request_authority(&req)).to_owned());
+
+        let active = self.active.load();
+        let split = self.split.load();
+        let rollout = self.rollout.load();
+        let pool = match (split.as_deref(), rollout.as_ref()) {
+            (Some(split), Some(pool)) if split.uses_rollout_for(req.headers()) => {
+                tracing::debug!(service = %self.name, path = %decoded_path(&req), "Using rollout for request");
+                pool
+            }
+            _ => &*active,
+        };
+        let read = is_read_request(&req, settings.options.read_targets_accept_websockets);
+        let affinity = affinity::is_active(pool.has_readers(), settings.writer_affinity_timeout);
+        let to_readers = read
+            && pool.has_readers()
+            && !affinity::has_valid_cookie(req.headers(), SystemTime::now());
+        let claim = match pool.claim(to_readers) {
             Ok(claim) => claim,
+            // Paused between the gate and the claim (the targets are draining): wait in the
+            // gate like the requests behind this one, then try once more.
+            Err(_) if !self.pause.is_running() => {
+                if let Some(resp) = self.held(&req, prefix, &settings).await {
+                    return resp;
+                }
+                match pool.claim(to_readers) {
+                    Ok(claim) => claim,
+                    Err(_) => return rescue::page(StatusCode::SERVICE_UNAVAILABLE, None),
+                }
+            }
             Err(_) => return rescue::page(StatusCode::SERVICE_UNAVAILABLE, None),
         };
         let upstream = claim.target.forward_target();
@@ -158,7 +194,21 @@ impl Service {
             .forward(req, upstream, claim.lease, &ctx)
             .await
         {
-            Ok(resp) => {
+            Ok(mut resp) => {
+                // Tunnels keep the upstream's 101 untouched.
+                if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(host) = &cookie_scope {
+                        cookies::scope_paths(resp.headers_mut(), prefix, host);
+                    }
+                    // Added after scoping: the writer cookie always keeps `Path=/`.
+                    if affinity && !read {
+                        affinity::apply_to_response(
+                            resp.headers_mut(),
+                            settings.writer_affinity_timeout,
+                            SystemTime::now(),
+                        );
+                    }
+                }
                 log.capture_response_headers(&settings.log_response_headers, resp.headers());
                 resp.map(ResponseBody::proxy)
             }
@@ -169,11 +219,57 @@ impl Service {
             }
         }
     }
+
+    /// The answer for a request while the service is not running, or `None` once it may
+    /// proceed: health checks are answered 200 (spec §5.4), others wait in the pause gate.
+    async fn held<B>(
+        &self,
+        req: &Request<B>,
+        prefix: &str,
+        settings: &Settings,
+    ) -> Option<Response<ResponseBody>> {
+        let method = req.method();
+        if (method == Method::GET || method == Method::HEAD)
+            && kamal_router::routed_path(req.uri().path(), prefix, settings.options.strip_prefix)
+                == settings.target_options.health_check_config.path
+        {
+            return Some(Response::new(ResponseBody::empty()));
+        }
+        match self.pause.admit().await {
+            Admission::Proceed => None,
+            Admission::Stopped { message } => Some(rescue::page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(&message),
+            )),
+            Admission::TimedOut => {
+                tracing::warn!(service = %self.name, path = %decoded_path(req), "Rejecting request due to expired pause");
+                Some(rescue::page(StatusCode::GATEWAY_TIMEOUT, None))
+            }
+        }
+    }
 }
 
-/// GET and HEAD are reads, unless they are WebSocket upgrades (spec §4.7).
-fn is_read_request<B>(req: &Request<B>) -> bool {
-    (req.method() == http::Method::GET || req.method() == http::Method::HEAD) && !is_websocket(req)
+/// `--client-ip-header` (spec §7.4): a non-empty value of that header replaces
+/// `X-Forwarded-For`, which the access log shows as `remote_addr`.
+fn apply_client_ip<B>(req: &mut Request<B>, header: &HeaderName, log: &mut AccessLog) {
+    let Some(value) = req.headers().get(header).filter(|v| !v.is_empty()).cloned() else {
+        return;
+    };
+    req.headers_mut()
+        .insert(kamal_balancer::headers::X_FORWARDED_FOR, value.clone());
+    log.set_remote_addr(value);
+}
+
+/// The decoded request path, as log lines show it.
+fn decoded_path<B>(req: &Request<B>) -> std::borrow::Cow<'_, str> {
+    percent_encoding::percent_decode_str(req.uri().path()).decode_utf8_lossy()
+}
+
+/// GET and HEAD are reads, unless they are WebSocket upgrades and read targets do not take
+/// WebSockets (spec §4.7).
+fn is_read_request<B>(req: &Request<B>, websockets_read: bool) -> bool {
+    (req.method() == Method::GET || req.method() == Method::HEAD)
+        && (websockets_read || !is_websocket(req))
 }
 
 fn is_websocket<B>(req: &Request<B>) -> bool {

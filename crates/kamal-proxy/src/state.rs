@@ -4,10 +4,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use kamal_control::state::{self, LoadedState, PauseState as SavedPause, SavedService};
-use kamal_control::{ServiceOptions, TargetOptions};
+use kamal_balancer::{PauseSnapshot, PauseState, Pool, RolloutSplit};
+use kamal_control::state::{
+    self, LoadedState, PauseState as SavedPause, RolloutState, SavedService,
+};
+use kamal_control::{GoDuration, ServiceOptions, TargetOptions};
 
-use crate::service::{Pause, PauseState, Service};
+use crate::service::Service;
 
 /// A service as read back from the state file, ready to be instantiated.
 #[derive(Debug)]
@@ -22,8 +25,12 @@ pub struct Restored {
     pub writers: Vec<String>,
     /// Reader targets.
     pub readers: Vec<String>,
+    /// Rollout pool targets (writers, readers), when there was a rollout pool.
+    pub rollout: Option<(Vec<String>, Vec<String>)>,
+    /// The rollout split, with its stored split point.
+    pub split: Option<RolloutSplit>,
     /// Pause state.
-    pub pause: Pause,
+    pub pause: PauseSnapshot,
 }
 
 /// Writes every service; failures are logged (the running proxy is unaffected).
@@ -62,9 +69,8 @@ pub fn load(path: &Path) -> Option<Vec<Restored>> {
     }
 }
 
-fn to_saved(service: &Service) -> SavedService {
-    let settings = service.settings.load();
-    let pool = service.active.load();
+/// Writer and reader addresses of a pool, in order.
+fn addresses(pool: &Pool) -> (Vec<String>, Vec<String>) {
     let (mut writers, mut readers) = (Vec::new(), Vec::new());
     for t in pool.describe() {
         if t.is_reader {
@@ -73,42 +79,59 @@ fn to_saved(service: &Service) -> SavedService {
             writers.push(t.address);
         }
     }
-    let pause = service.pause.load();
+    (writers, readers)
+}
+
+fn to_saved(service: &Service) -> SavedService {
+    let settings = service.settings.load();
+    let (writers, readers) = addresses(&service.active.load());
+    let (rollout_targets, rollout_readers) = match service.rollout.load().as_ref() {
+        Some(pool) => {
+            let (w, r) = addresses(pool);
+            (Some(w), Some(r))
+        }
+        None => (None, None),
+    };
+    let pause = service.pause.snapshot();
     SavedService {
         name: service.name.to_string(),
         options: settings.options.clone(),
         target_options: settings.target_options.clone(),
         active_targets: writers,
         active_readers: readers,
-        rollout_targets: None,
-        rollout_readers: None,
+        rollout_targets,
+        rollout_readers,
         pause_controller: Some(SavedPause {
-            state: match pause.state {
-                PauseState::Running => 0,
-                PauseState::Paused => 1,
-                PauseState::Stopped => 2,
-            },
-            stop_message: pause.message.clone(),
-            fail_after: pause.max_pause,
+            state: pause.state.code(),
+            stop_message: pause.message,
+            fail_after: GoDuration::from_std(pause.max_pause),
         }),
-        rollout_controller: None,
+        rollout_controller: service.split.load().as_ref().map(|split| RolloutState {
+            percentage: split.percentage(),
+            percentage_split_point: split.split_point(),
+            allowlist: split.allowlist().to_vec(),
+        }),
     }
 }
 
 fn from_saved(saved: SavedService) -> Restored {
     let pause = match saved.pause_controller {
         // A null controller means running (upstream would crash on it).
-        None => Pause::default(),
-        Some(p) => Pause {
-            state: match p.state {
-                1 => PauseState::Paused,
-                2 => PauseState::Stopped,
-                _ => PauseState::Running,
-            },
+        None => PauseSnapshot::default(),
+        Some(p) => PauseSnapshot {
+            state: PauseState::from_code(p.state),
             message: p.stop_message,
-            max_pause: p.fail_after,
+            // A negative max-pause rejects at once, like zero.
+            max_pause: p.fail_after.to_std(),
         },
     };
+    let rollout = match (saved.rollout_targets, saved.rollout_readers) {
+        (None, None) => None,
+        (writers, readers) => Some((writers.unwrap_or_default(), readers.unwrap_or_default())),
+    };
+    let split = saved
+        .rollout_controller
+        .map(|r| RolloutSplit::restored(r.percentage, r.percentage_split_point, r.allowlist));
     let mut options = saved.options;
     options.normalize();
     Restored {
@@ -117,6 +140,8 @@ fn from_saved(saved: SavedService) -> Restored {
         target_options: saved.target_options,
         writers: saved.active_targets,
         readers: saved.active_readers,
+        rollout,
+        split,
         pause,
     }
 }

@@ -212,7 +212,6 @@ fn sigterm_stops_cleanly_and_restart_keeps_services() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the pause gate is not in the data plane yet: a paused service still forwards requests"]
 async fn restored_paused_service_can_be_resumed() {
     let mut proxy = start_proxy();
     let up = Upstream::start("app");
@@ -244,4 +243,99 @@ async fn restored_paused_service_can_be_resumed() {
     assert_eq!(reply.status, 200);
     assert_eq!(reply.upstream(), Some("app"));
     assert_eq!(list_rows(&proxy)[1][4], "running");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_rollout_split_and_stop_state_are_restored() {
+    let blue = Upstream::start("blue");
+    let green = Upstream::start("green");
+    let down = Upstream::start("down");
+    let element = |name: &str, active: &str, rest: &str| {
+        format!(
+            concat!(
+                r#"{{"name":"{name}","options":{{"hosts":["{name}.test"],"path_prefixes":["/"],"tls_redirect":true,"#,
+                r#""strip_prefix":true,"writer_affinity_timeout":1000000000}},"target_options":{{"health_check_config":"#,
+                r#"{{"path":"/up","port":0,"interval":1000000000,"timeout":5000000000,"host":""}},"#,
+                r#""response_timeout":30000000000,"max_memory_buffer_size":1048576,"forward_headers":true}},"#,
+                r#""active_targets":["{active}"],"active_readers":[],{rest}}}"#
+            ),
+            name = name,
+            active = active,
+            rest = rest,
+        )
+    };
+    // The stored split point (everything) wins over the percentage (0), as upstream reads it.
+    let rollout = element(
+        "ro",
+        &blue.address(),
+        &format!(
+            r#""rollout_targets":["{}"],"rollout_readers":[],"pause_controller":{{"state":0,"stop_message":"","fail_after":0}},"rollout_controller":{{"percentage":0,"percentage_split_point":4294967295,"allowlist":null}}"#,
+            green.address()
+        ),
+    );
+    let stopped = element(
+        "st",
+        &down.address(),
+        r#""rollout_targets":null,"rollout_readers":null,"pause_controller":{"state":2,"stop_message":"see you \u003csoon\u003e","fail_after":0},"rollout_controller":null"#,
+    );
+    let proxy = Proxy::builder(BIN)
+        .write_state(&format!("[{rollout},{stopped}]\n"))
+        .start();
+
+    let client = Client::new();
+    let with_cookie = |value: &'static str| {
+        let client = client.clone();
+        let port = proxy.http_port();
+        async move {
+            let cookie = format!("kamal-rollout={value}");
+            let reply = client
+                .send(
+                    port,
+                    http::Method::GET,
+                    "ro.test",
+                    "/",
+                    &[("cookie", &cookie)],
+                    bytes::Bytes::new(),
+                )
+                .await
+                .expect("request through the proxy");
+            reply.upstream().unwrap_or("").to_owned()
+        }
+    };
+    assert_eq!(with_cookie("none").await, "green");
+    assert_eq!(with_cookie("anything").await, "green");
+    assert_eq!(who_answers(&proxy, "ro.test", "/").await, Ok("blue".into()));
+
+    let reply = get(&proxy, "st.test", "/").await;
+    assert_eq!(reply.status, 503);
+    assert!(
+        reply.text().contains("see you &lt;soon&gt;"),
+        "{}",
+        reply.text()
+    );
+    assert_eq!(list_rows(&proxy)[2][4], "stopped");
+
+    // Saved back in the same shape.
+    let out = proxy.cli_async(&["rollout", "stop", "nope"]).await;
+    assert_eq!(out.code(), Some(1));
+    let state = read_state(&proxy);
+    let ro = state
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "ro")
+        .unwrap();
+    assert_eq!(
+        ro["rollout_controller"]["percentage_split_point"],
+        4294967295.0
+    );
+    assert_eq!(ro["rollout_targets"][0], green.address());
+    let st = state
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "st")
+        .unwrap();
+    assert_eq!(st["pause_controller"]["state"], 2);
+    assert_eq!(st["pause_controller"]["stop_message"], "see you <soon>");
 }

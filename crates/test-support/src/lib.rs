@@ -14,9 +14,12 @@
 //! ```
 
 pub mod client;
+pub mod dns;
 mod error;
 mod eventually;
+pub mod pebble;
 pub mod proxy;
+pub mod tls;
 pub mod upstream;
 
 pub use client::{Client, Echo, Reply};

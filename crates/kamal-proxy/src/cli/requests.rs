@@ -57,6 +57,10 @@ pub(crate) fn deploy(
     if parsed.bool("tls-staging") {
         service_options.acme_directory = ACME_STAGING_DIRECTORY.to_string();
     }
+    let acme_directory = parsed.string("tls-acme-directory");
+    if !acme_directory.is_empty() {
+        service_options.acme_directory = acme_directory;
+    }
 
     let health_check_port = port_flag(parsed, "health-check-port")?;
     let target_options = TargetOptions {
@@ -274,6 +278,18 @@ mod tests {
             deploy_err(&["--target=t", "--health-check-port=70000"]),
             r#"invalid argument "70000" for "--health-check-port" flag: strconv.ParseInt: parsing "70000": value out of range"#
         );
+    }
+
+    #[test]
+    fn acme_directory_flag_sets_the_directory() {
+        let d = deploy_ok(&[
+            "--target",
+            "t",
+            "--tls-staging",
+            "--tls-acme-directory",
+            "https://ca.test/dir",
+        ]);
+        assert_eq!(d.service_options.acme_directory, "https://ca.test/dir");
     }
 
     #[test]

@@ -115,6 +115,7 @@ fn deploy_command(acme_cache_default: &str) -> Command {
         .flag(boolean("tls", false, "Configure TLS for this target (requires a non-empty host)"))
         .flag(string("tls-on-demand-url", "", "Will make an HTTP request to the given URL, asking whether a host is allowed to have a certificate issued"))
         .flag(boolean("tls-staging", false, "Use Let's Encrypt staging environment for certificate provisioning"))
+        .flag(string("tls-acme-directory", "", "ACME directory URL of the certificate authority (overrides --tls-staging)"))
         .flag(string("tls-certificate-path", "", "Configure custom TLS certificate path (PEM format)"))
         .flag(string("tls-private-key-path", "", "Configure custom TLS private key path (PEM format)"))
         .flag(Flag::new("tls-acme-cache-path", Value::Str(acme_cache_default.to_string()), "Location to store ACME assets"))

@@ -1,0 +1,452 @@
+//! TLS through the real binary (spec §10): custom certificates chosen by SNI (exact, wildcard,
+//! default when SNI is missing, refused when unknown), HTTP/2 over TLS, deploy-time key checks,
+//! HTTP-01 answers, bad handshakes, and ACME issuance from pebble on loopback.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use support::*;
+use test_support::pebble::Pebble;
+use test_support::tls::{handshake, https_get, TestCa, Verify};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+const H2_H1: &[&[u8]] = &[b"h2", b"http/1.1"];
+const H1: &[&[u8]] = &[b"http/1.1"];
+
+fn https_addr(proxy: &Proxy) -> SocketAddr {
+    ([127, 0, 0, 1], proxy.https_port()).into()
+}
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 temp path")
+}
+
+#[tokio::test]
+#[ignore = "wired in by the lead"]
+async fn custom_certificates_are_chosen_by_sni_and_http2_works() {
+    let proxy = start_proxy();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let a_cert = ca.issue(&["a.test"]);
+    let w_cert = ca.issue(&["*.w.test"]);
+    let (a_crt, a_key) = a_cert.write(dir.path(), "a");
+    let (w_crt, w_key) = w_cert.write(dir.path(), "w");
+    let a = Upstream::start("a");
+    let w = Upstream::start("w");
+    proxy
+        .deploy_async(
+            "a",
+            &[
+                "--target",
+                &a.address(),
+                "--host",
+                "a.test",
+                "--tls",
+                "--tls-certificate-path",
+                path_str(&a_crt),
+                "--tls-private-key-path",
+                path_str(&a_key),
+            ],
+        )
+        .await;
+    proxy
+        .deploy_async(
+            "w",
+            &[
+                "--target",
+                &w.address(),
+                "--host",
+                "*.w.test",
+                "--tls",
+                "--tls-certificate-path",
+                path_str(&w_crt),
+                "--tls-private-key-path",
+                path_str(&w_key),
+            ],
+        )
+        .await;
+    let addr = https_addr(&proxy);
+    let roots = Verify::Roots(Arc::new(ca.roots()));
+
+    // Exact host, verified against the CA; HTTP/2 negotiated and spoken.
+    let reply = https_get(addr, Some("a.test"), "a.test", "/", roots.clone(), H2_H1)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.alpn.as_deref(), Some(&b"h2"[..]));
+    assert_eq!(reply.version, http::Version::HTTP_2);
+    assert_eq!(reply.leaf, a_cert.cert_der);
+    // HTTP/1.1 when that is all the client offers.
+    let reply = https_get(addr, Some("a.test"), "a.test", "/", roots.clone(), H1)
+        .await
+        .unwrap();
+    assert_eq!(reply.version, http::Version::HTTP_11);
+    // Case-insensitive SNI (§14.1), wildcard certificate for one label.
+    let reply = https_get(
+        addr,
+        Some("X.W.test"),
+        "x.w.test",
+        "/",
+        Verify::Nothing,
+        H2_H1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.leaf, w_cert.cert_der);
+    assert_eq!(reply.status, 200);
+    // No SNI: the default TLS host name (first TLS service by name: "a").
+    let reply = https_get(addr, None, "a.test", "/", Verify::Nothing, H2_H1)
+        .await
+        .unwrap();
+    assert_eq!(reply.leaf, a_cert.cert_der);
+    assert_eq!(reply.status, 200);
+    // Unknown SNI: refused.
+    assert!(handshake(addr, Some("nope.test"), Verify::Nothing, H2_H1)
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+#[ignore = "wired in by the lead"]
+async fn a_mismatched_key_fails_the_deploy_and_the_old_service_keeps_serving() {
+    let proxy = start_proxy();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let good = ca.issue(&["a.test"]);
+    let other = ca.issue(&["a.test"]);
+    let (crt, key) = good.write(dir.path(), "good");
+    let (_, other_key) = other.write(dir.path(), "other");
+    let a = Upstream::start("a");
+    proxy
+        .deploy_async(
+            "a",
+            &[
+                "--target",
+                &a.address(),
+                "--host",
+                "a.test",
+                "--tls",
+                "--tls-certificate-path",
+                path_str(&crt),
+                "--tls-private-key-path",
+                path_str(&key),
+            ],
+        )
+        .await;
+    let b = Upstream::start("b");
+    let out = proxy
+        .cli_async(&[
+            "deploy",
+            "a",
+            "--target",
+            &b.address(),
+            "--host",
+            "a.test",
+            "--tls",
+            "--tls-certificate-path",
+            path_str(&crt),
+            "--tls-private-key-path",
+            path_str(&other_key),
+        ])
+        .await;
+    assert_ne!(out.code(), Some(0));
+    assert!(
+        out.stderr_text().contains("unable to load certificate"),
+        "{}",
+        out.stderr_text()
+    );
+    assert!(proxy
+        .logs()
+        .iter()
+        .any(|l| l.contains("Error loading TLS certificate")));
+    let reply = https_get(
+        https_addr(&proxy),
+        Some("a.test"),
+        "a.test",
+        "/",
+        Verify::Nothing,
+        H2_H1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.leaf, good.cert_der);
+    assert_eq!(a.app_requests(), 1, "the old target still serves");
+}
+
+#[tokio::test]
+#[ignore = "wired in by the lead"]
+async fn acme_services_answer_http01_and_refuse_wildcards() {
+    let proxy = start_proxy();
+    let a = Upstream::start("a");
+    proxy
+        .deploy_async(
+            "a",
+            &[
+                "--target",
+                &a.address(),
+                "--host",
+                "a.test",
+                "--tls",
+                "--tls-acme-directory",
+                "https://127.0.0.1:9/dir",
+            ],
+        )
+        .await;
+    let reply = get(&proxy, "a.test", "/.well-known/acme-challenge/unknown").await;
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.text(), "acme/autocert: certificate cache miss\n");
+    assert_eq!(a.app_requests(), 0);
+
+    let out = proxy
+        .cli_async(&[
+            "deploy",
+            "w",
+            "--target",
+            &a.address(),
+            "--host",
+            "*.w.test",
+            "--tls",
+        ])
+        .await;
+    assert!(
+        out.stderr_text()
+            .contains("automatic TLS does not support wildcards"),
+        "{}",
+        out.stderr_text()
+    );
+}
+
+#[tokio::test]
+#[ignore = "wired in by the lead"]
+async fn bad_handshakes_do_not_disturb_other_clients() {
+    let proxy = start_proxy();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let cert = ca.issue(&["a.test"]);
+    let (crt, key) = cert.write(dir.path(), "a");
+    let a = Upstream::start("a");
+    proxy
+        .deploy_async(
+            "a",
+            &[
+                "--target",
+                &a.address(),
+                "--host",
+                "a.test",
+                "--tls",
+                "--tls-certificate-path",
+                path_str(&crt),
+                "--tls-private-key-path",
+                path_str(&key),
+            ],
+        )
+        .await;
+    let addr = https_addr(&proxy);
+    // Garbage instead of a ClientHello: the proxy closes the connection.
+    let mut garbage = tokio::net::TcpStream::connect(addr).await.unwrap();
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), garbage.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(_)) | Ok(Err(_))),
+        "closed or answered with an alert"
+    );
+    // A stalled handshake (connected, silent) and 200 handshakes for random names.
+    let _stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        set.spawn(async move {
+            let name = format!("r{i}.random.test");
+            handshake(addr, Some(&name), Verify::Nothing, H2_H1)
+                .await
+                .is_err()
+        });
+    }
+    while let Some(refused) = set.join_next().await {
+        assert!(refused.unwrap());
+    }
+    let reply = https_get(addr, Some("a.test"), "a.test", "/", Verify::Nothing, H2_H1)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+}
+
+/// A `kamal-proxy run` on fixed ports with extra environment (the harness clears it), so the
+/// ACME client can trust pebble's own HTTPS certificate through `SSL_CERT_FILE`.
+struct Server {
+    child: Child,
+    home: tempfile::TempDir,
+    http: u16,
+    https: u16,
+    env: Vec<(String, String)>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+impl Server {
+    fn start(home: tempfile::TempDir, http: u16, https: u16, env: Vec<(String, String)>) -> Server {
+        let mut server = Server {
+            child: Command::new("true").spawn().unwrap(),
+            home,
+            http,
+            https,
+            env,
+        };
+        server.spawn();
+        server
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env_clear()
+            .env("HOME", self.home.path())
+            .env("TMPDIR", self.home.path())
+            .env("KAMAL_PROXY_SOCKET", self.home.path().join("kp.sock"));
+        for (k, v) in &self.env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::create(self.home.path().join("server.log")).unwrap();
+        self.child = self
+            .command()
+            .args(["run", "--debug", "--http-port", &self.http.to_string()])
+            .args(["--https-port", &self.https.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !self.log().contains("Server started") {
+            assert!(
+                Instant::now() < deadline,
+                "server did not start: {}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::fs::remove_file(self.home.path().join("server.log")).unwrap();
+        self.spawn();
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.home.path().join("server.log")).unwrap_or_default()
+    }
+
+    fn deploy(&self, args: &[&str]) {
+        let out = self.command().arg("deploy").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "deploy failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn cache_root(&self) -> PathBuf {
+        self.home.path().join(".config/kamal-proxy/certs")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "wired in by the lead"]
+async fn acme_certificates_from_pebble_per_service_and_reused_after_restart() {
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(http, https);
+    let ca_file = pebble.api_ca_file();
+    let mut server = Server::start(
+        tempfile::tempdir().unwrap(),
+        http,
+        https,
+        vec![(
+            "SSL_CERT_FILE".into(),
+            ca_file.to_string_lossy().into_owned(),
+        )],
+    );
+    let one = Upstream::start("one");
+    let two = Upstream::start("two");
+    let directory = pebble.directory_url();
+    for (name, upstream, host) in [("one", &one, "one.test"), ("two", &two, "two.test")] {
+        server.deploy(&[
+            name,
+            "--target",
+            &upstream.address(),
+            "--host",
+            host,
+            "--tls",
+            "--tls-acme-directory",
+            &directory,
+        ]);
+    }
+    let addr: SocketAddr = ([127, 0, 0, 1], https).into();
+    let roots = Verify::Roots(Arc::new(pebble.issuing_root().await.unwrap()));
+    let mut leaves = Vec::new();
+    for (host, name) in [("one.test", "one"), ("two.test", "two")] {
+        let reply = https_get(addr, Some(host), host, "/", roots.clone(), H2_H1)
+            .await
+            .unwrap_or_else(|e| panic!("{host}: {e}\n{}\n{}", server.log(), pebble.log()));
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.version, http::Version::HTTP_2);
+        assert!(reply.text().contains(name), "{}", reply.text());
+        leaves.push(reply.leaf);
+    }
+    assert_ne!(leaves[0], leaves[1]);
+    assert_eq!(pebble.orders(), 2);
+    let cache = kamal_acme_cache_dir(&server.cache_root(), &directory);
+    assert!(cache.join("one.test").is_file());
+
+    // Restart: the state is restored and certificates come from the cache.
+    server.restart();
+    let reply = https_get(addr, Some("one.test"), "one.test", "/", roots, H2_H1)
+        .await
+        .unwrap();
+    assert_eq!(reply.leaf, leaves[0]);
+    assert_eq!(pebble.orders(), 2, "no new order after a restart");
+}
+
+/// `<root>/<sha256 of the directory>` as upstream lays the cache out (Appendix B).
+fn kamal_acme_cache_dir(root: &Path, directory: &str) -> PathBuf {
+    let out = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write as _;
+            c.stdin.take().unwrap().write_all(directory.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    let hex = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    root.join(hex)
+}

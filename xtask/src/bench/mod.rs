@@ -1,0 +1,775 @@
+//! `cargo xtask bench`: kamal-proxy side by side with nginx and with no proxy at all.
+//!
+//! One run builds the release binaries, starts the fast upstream (`bench-upstream`), the real
+//! `kamal-proxy run` (deployed through its own CLI, JSON access log on) and nginx as an
+//! equivalent reverse proxy, pins the proxies to core 0 and the load generator and upstream to
+//! core 1, and drives each setup with `wrk` in interleaved rounds. Every load is bounded in time
+//! and connections and goes to 127.0.0.1 only. The report is Markdown: medians per setup, and
+//! ratios to nginx and to no proxy measured in the same run.
+
+mod procs;
+mod report;
+mod setups;
+mod wrk;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use report::{Sample, ScenarioResult};
+use setups::{Kamal, Nginx, Upstream};
+
+/// Host name the buffered-upload service is deployed on.
+const UPLOAD_HOST: &str = "upload.bench";
+/// Length of the upstream's small answer.
+const SMALL_LEN: usize = 13;
+/// Length of the large answer and of each upload.
+const MIB: usize = 1024 * 1024;
+/// Warm-up before the first round of each setup in each scenario (not recorded).
+const WARM_UP: Duration = Duration::from_secs(2);
+/// The longest a single load may run, whatever is asked.
+const MAX_DURATION: Duration = Duration::from_secs(120);
+
+/// One kind of load.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    /// Small GETs on kept-alive connections.
+    KeepAlive,
+    /// Small GETs, a new connection for each (`Connection: close`).
+    ConnPerRequest,
+    /// GETs of a 1 MiB body.
+    LargeResponse,
+    /// POSTs of a 1 MiB body, buffered by the proxy before forwarding.
+    LargeUpload,
+    /// Keep-alive load through kamal-proxy while it is redeployed repeatedly.
+    DeployUnderLoad,
+}
+
+impl Scenario {
+    /// Every scenario, in report order.
+    pub const ALL: [Scenario; 5] = [
+        Scenario::KeepAlive,
+        Scenario::ConnPerRequest,
+        Scenario::LargeResponse,
+        Scenario::LargeUpload,
+        Scenario::DeployUnderLoad,
+    ];
+
+    /// The name used on the command line and in the report.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::KeepAlive => "keep-alive",
+            Scenario::ConnPerRequest => "conn-per-request",
+            Scenario::LargeResponse => "1mib-response",
+            Scenario::LargeUpload => "1mib-upload",
+            Scenario::DeployUnderLoad => "deploy-under-load",
+        }
+    }
+
+    fn connections(self) -> u32 {
+        match self {
+            Scenario::KeepAlive | Scenario::DeployUnderLoad => 64,
+            _ => 16,
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Scenario::LargeResponse => "/1m",
+            Scenario::LargeUpload => "/upload",
+            _ => "/",
+        }
+    }
+
+    fn host(self) -> &'static str {
+        match self {
+            Scenario::LargeUpload => UPLOAD_HOST,
+            _ => "localhost",
+        }
+    }
+
+    fn headers(self) -> Vec<String> {
+        match self {
+            Scenario::ConnPerRequest => vec!["Connection: close".into()],
+            Scenario::LargeUpload => vec![format!("Host: {UPLOAD_HOST}")],
+            _ => Vec::new(),
+        }
+    }
+
+    fn wrk_setup(self) -> String {
+        match self {
+            Scenario::LargeUpload => format!(
+                "wrk.method = \"POST\"\nwrk.body = string.rep(\"x\", {MIB})\n\
+                 wrk.headers[\"Content-Type\"] = \"application/octet-stream\""
+            ),
+            _ => String::new(),
+        }
+    }
+
+    /// What a correct answer looks like: status and body length.
+    fn expected(self) -> (u16, usize) {
+        match self {
+            Scenario::LargeResponse => (200, MIB),
+            _ => (200, SMALL_LEN),
+        }
+    }
+
+    fn upload_len(self) -> usize {
+        if self == Scenario::LargeUpload {
+            MIB
+        } else {
+            0
+        }
+    }
+}
+
+/// What `cargo xtask bench` was asked to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Options {
+    /// Length of each measured load.
+    pub duration: Duration,
+    /// Interleaved rounds per setup; the report shows medians.
+    pub rounds: u32,
+    /// Redeploys during the deploy-under-load scenario.
+    pub deploys: u32,
+    /// Scenarios to run, in report order.
+    pub scenarios: Vec<Scenario>,
+}
+
+impl Options {
+    /// Parses `[--duration SECS] [--rounds N] [--deploys N] [SCENARIO…]`.
+    pub fn parse(args: &[String]) -> Result<Options, String> {
+        let mut options = Options {
+            duration: Duration::from_secs(10),
+            rounds: 3,
+            deploys: 20,
+            scenarios: Vec::new(),
+        };
+        let mut args = args.iter();
+        while let Some(arg) = args.next() {
+            let mut number = |name: &str, max: u64| -> Result<u64, String> {
+                args.next()
+                    .and_then(|v| v.trim_end_matches('s').parse::<u64>().ok())
+                    .filter(|n| (1..=max).contains(n))
+                    .ok_or_else(|| format!("{name} takes a number from 1 to {max}"))
+            };
+            match arg.as_str() {
+                "--duration" => {
+                    options.duration =
+                        Duration::from_secs(number("--duration", MAX_DURATION.as_secs())?)
+                }
+                "--rounds" => options.rounds = number("--rounds", 20)? as u32,
+                "--deploys" => options.deploys = number("--deploys", 100)? as u32,
+                name => {
+                    let scenario = Scenario::ALL
+                        .into_iter()
+                        .find(|s| s.name() == name)
+                        .ok_or_else(|| format!("unknown scenario or option `{name}`"))?;
+                    if !options.scenarios.contains(&scenario) {
+                        options.scenarios.push(scenario);
+                    }
+                }
+            }
+        }
+        if options.scenarios.is_empty() {
+            options.scenarios = Scenario::ALL.to_vec();
+        }
+        options
+            .scenarios
+            .sort_by_key(|s| Scenario::ALL.iter().position(|a| a == s));
+        Ok(options)
+    }
+}
+
+/// Which server a load goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Direct,
+    Kamal,
+    Nginx,
+}
+
+impl Kind {
+    fn label(self) -> &'static str {
+        match self {
+            Kind::Direct => "no proxy",
+            Kind::Kamal => "kamal-proxy",
+            Kind::Nginx => "nginx",
+        }
+    }
+}
+
+/// A server under load: its port and the processes whose CPU and memory count.
+#[derive(Debug, Clone)]
+struct Setup {
+    kind: Kind,
+    port: u16,
+    /// Empty for the direct setup: the upstream shares the load generator's core.
+    pids: Vec<u32>,
+}
+
+/// Removes the bench's temporary directory when the run ends (declared first, dropped last,
+/// after every process using it has stopped).
+struct WorkDir(PathBuf);
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Everything a measurement needs.
+struct Lab {
+    wrk: PathBuf,
+    scripts: Vec<(Scenario, PathBuf)>,
+    load_core: Option<&'static str>,
+    ticks: u64,
+}
+
+impl Lab {
+    fn script(&self, scenario: Scenario) -> &Path {
+        self.scripts
+            .iter()
+            .find(|(s, _)| *s == scenario)
+            .map_or(Path::new(""), |(_, p)| p.as_path())
+    }
+
+    fn load<'a>(&'a self, scenario: Scenario, port: u16, headers: &'a [String]) -> wrk::Load<'a> {
+        wrk::Load {
+            port,
+            path: scenario.path(),
+            connections: scenario.connections(),
+            headers,
+            script: self.script(scenario),
+        }
+    }
+
+    /// One bounded load against `setup`, with the proxy's CPU time and peak RSS around it.
+    fn measure(
+        &self,
+        scenario: Scenario,
+        setup: &Setup,
+        duration: Duration,
+    ) -> Result<Sample, String> {
+        let headers = scenario.headers();
+        procs::reset_peak_rss(&setup.pids);
+        let cpu_before = procs::cpu_micros(&setup.pids, self.ticks);
+        let result = wrk::run(
+            &self.wrk,
+            &self.load(scenario, setup.port, &headers),
+            duration,
+            self.load_core,
+        )?;
+        let cpu_after = procs::cpu_micros(&setup.pids, self.ticks);
+        Ok(self.sample(setup, &result, cpu_before, cpu_after))
+    }
+
+    fn sample(
+        &self,
+        setup: &Setup,
+        result: &wrk::WrkResult,
+        before: Option<u64>,
+        after: Option<u64>,
+    ) -> Sample {
+        let proxied = !setup.pids.is_empty();
+        let cpu = match (before, after) {
+            (Some(b), Some(a)) if proxied && result.requests > 0 => {
+                Some(a.saturating_sub(b) as f64 / result.requests as f64)
+            }
+            _ => None,
+        };
+        Sample {
+            rps: result.rps(),
+            p50_us: result.p50_us as f64,
+            p99_us: result.p99_us as f64,
+            errors: result.errors,
+            cpu_us_per_request: cpu,
+            peak_rss_kib: if proxied {
+                procs::peak_rss_kib(&setup.pids)
+            } else {
+                None
+            },
+        }
+    }
+}
+
+/// Runs the comparison and prints the report (also written to `target/bench/report.md`).
+pub fn run(options: &Options) -> Result<(), String> {
+    if !Path::new("/proc/self/stat").exists() {
+        return Err("the bench reads CPU time and memory from /proc: it needs Linux".into());
+    }
+    let wrk_bin = find_or_install("wrk", "wrk")
+        .ok_or("wrk is not installed and could not be installed (Debian: `apt-get install wrk`)")?;
+    let nginx_bin = find_or_install("nginx", "nginx");
+    if nginx_bin.is_none() {
+        eprintln!("xtask: nginx is not installed and could not be installed; its rows are skipped");
+    }
+
+    crate::cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "kamal-proxy",
+        "-p",
+        "bench-upstream",
+    ])?;
+    let release = target_dir().join("release");
+
+    let pin = procs::can_pin();
+    if pin && procs::pin_self(procs::LOAD_CORE) {
+        eprintln!(
+            "xtask: proxies on core {}, wrk and the upstream on core {}",
+            procs::PROXY_CORE,
+            procs::LOAD_CORE
+        );
+    } else {
+        eprintln!(
+            "xtask: cannot pin to cores (needs taskset and 2 cores); numbers will be noisier"
+        );
+    }
+    let proxy_core = pin.then_some(procs::PROXY_CORE);
+    let load_core = pin.then_some(procs::LOAD_CORE);
+
+    let work = WorkDir(std::env::temp_dir().join(format!("kamal-bench-{}", std::process::id())));
+    std::fs::create_dir_all(&work.0)
+        .map_err(|e| format!("cannot create {}: {e}", work.0.display()))?;
+
+    let upstream = setups::start_upstream(&release.join("bench-upstream"), load_core)?;
+    let target = format!("127.0.0.1:{}", upstream.port);
+    let kamal = Kamal::start(
+        &release.join("kamal-proxy"),
+        &work.0.join("kamal"),
+        proxy_core,
+    )?;
+    kamal.deploy("bench", &["--target", &target])?;
+    let mut notes = Vec::new();
+    let upload_deployed = !options.scenarios.contains(&Scenario::LargeUpload)
+        || match kamal.deploy(
+            "bench-upload",
+            &[
+                "--target",
+                &target,
+                "--host",
+                UPLOAD_HOST,
+                "--buffer-requests",
+            ],
+        ) {
+            Ok(_) => true,
+            Err(e) => {
+                notes.push(format!("kamal-proxy skipped in 1mib-upload: {e}"));
+                false
+            }
+        };
+    let nginx: Option<Nginx> = match &nginx_bin {
+        Some(bin) => Some(setups::start_nginx(
+            bin,
+            &work.0.join("nginx"),
+            upstream.port,
+            proxy_core,
+        )?),
+        None => None,
+    };
+
+    let lab = Lab {
+        scripts: options
+            .scenarios
+            .iter()
+            .map(|s| Ok((*s, wrk::write_script(&work.0, s.name(), &s.wrk_setup())?)))
+            .collect::<Result<_, String>>()?,
+        wrk: wrk_bin.clone(),
+        load_core,
+        ticks: procs::ticks_per_second(),
+    };
+    let setups_for = |scenario: Scenario| -> Vec<Setup> {
+        let mut list = Vec::new();
+        if scenario == Scenario::DeployUnderLoad {
+            return list;
+        }
+        list.push(Setup {
+            kind: Kind::Direct,
+            port: upstream.port,
+            pids: Vec::new(),
+        });
+        if scenario != Scenario::LargeUpload || upload_deployed {
+            list.push(Setup {
+                kind: Kind::Kamal,
+                port: kamal.http_port,
+                pids: kamal.process.pids(),
+            });
+        }
+        if let Some(nginx) = &nginx {
+            list.push(Setup {
+                kind: Kind::Nginx,
+                port: nginx.port,
+                pids: nginx.process.pids(),
+            });
+        }
+        list
+    };
+
+    // A setup that answers wrongly would make fast nonsense: check each once before loading it.
+    for &scenario in &options.scenarios {
+        for setup in setups_for(scenario) {
+            let got = procs::http_check(
+                setup.port,
+                scenario.path(),
+                scenario.host(),
+                scenario.upload_len(),
+            )?;
+            if got != scenario.expected() {
+                return Err(format!(
+                    "{} answered {got:?} in {}, expected {:?}",
+                    setup.kind.label(),
+                    scenario.name(),
+                    scenario.expected()
+                ));
+            }
+        }
+    }
+
+    let started = Instant::now();
+    for &scenario in &options.scenarios {
+        for setup in setups_for(scenario) {
+            eprintln!(
+                "xtask: warming up {} in {}",
+                setup.kind.label(),
+                scenario.name()
+            );
+            lab.measure(scenario, &setup, WARM_UP)?;
+        }
+    }
+    let mut samples: Vec<(Scenario, Kind, Sample)> = Vec::new();
+    for round in 1..=options.rounds {
+        for &scenario in &options.scenarios {
+            for setup in setups_for(scenario) {
+                let sample = lab.measure(scenario, &setup, options.duration)?;
+                eprintln!(
+                    "xtask: round {round}/{} {} {}: {} req/s, p50 {}, p99 {}, {} errors",
+                    options.rounds,
+                    scenario.name(),
+                    setup.kind.label(),
+                    report::thousands(sample.rps),
+                    report::latency(sample.p50_us),
+                    report::latency(sample.p99_us),
+                    sample.errors
+                );
+                samples.push((scenario, setup.kind, sample));
+                alive(&upstream, &kamal, nginx.as_ref())?;
+            }
+        }
+    }
+
+    let summary = |scenario: Scenario, kind: Kind| {
+        let picked: Vec<Sample> = samples
+            .iter()
+            .filter(|(s, k, _)| *s == scenario && *k == kind)
+            .map(|(_, _, sample)| *sample)
+            .collect();
+        report::summarise(&picked)
+    };
+    let mut results: Vec<ScenarioResult> = Vec::new();
+    for &scenario in &options.scenarios {
+        let mut result = ScenarioResult {
+            name: scenario.name().into(),
+            connections: scenario.connections(),
+            ..Default::default()
+        };
+        if scenario == Scenario::DeployUnderLoad {
+            let steady = summary(Scenario::KeepAlive, Kind::Kamal).map(|s| s.rps);
+            let (sample, note) = deploy_under_load(&lab, &kamal, &upstream, &release, options)?;
+            result.kamal = report::summarise(&[sample]);
+            result.steady_rps = steady;
+            result.note = note;
+        } else {
+            result.direct = summary(scenario, Kind::Direct);
+            result.kamal = summary(scenario, Kind::Kamal);
+            result.nginx = summary(scenario, Kind::Nginx);
+        }
+        results.push(result);
+    }
+    let proxied_requests: f64 = samples
+        .iter()
+        .filter(|(_, k, _)| *k == Kind::Kamal)
+        .map(|(_, _, s)| s.rps * options.duration.as_secs_f64())
+        .sum();
+    notes.push(format!(
+        "kamal-proxy wrote {} stdout lines (its JSON access log: one per request) during about {} measured requests plus warm-ups.",
+        report::thousands(kamal.log_lines.load(std::sync::atomic::Ordering::Relaxed) as f64),
+        report::thousands(proxied_requests)
+    ));
+
+    let text = format!(
+        "{}\n{}\n{}",
+        header(
+            options,
+            pin,
+            &wrk_bin,
+            nginx_bin.as_deref(),
+            started.elapsed()
+        ),
+        report::render(&results),
+        notes.iter().map(|n| format!("- {n}\n")).collect::<String>()
+    );
+    println!("{text}");
+    let out = target_dir().join("bench");
+    if std::fs::create_dir_all(&out).is_ok() && std::fs::write(out.join("report.md"), &text).is_ok()
+    {
+        eprintln!(
+            "xtask: report written to {}",
+            out.join("report.md").display()
+        );
+    }
+    Ok(())
+}
+
+/// Fails the run when a server died under load (its numbers would be meaningless).
+fn alive(upstream: &Upstream, kamal: &Kamal, nginx: Option<&Nginx>) -> Result<(), String> {
+    let mut processes = vec![&upstream.process, &kamal.process];
+    processes.extend(nginx.map(|n| &n.process));
+    for process in processes {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", process.pid()));
+        if stat.map_or(true, |s| s.contains(") Z")) {
+            return Err(format!("{} exited during the run", process.name));
+        }
+    }
+    Ok(())
+}
+
+/// Keep-alive load through kamal-proxy while it is redeployed `options.deploys` times,
+/// alternating between two upstreams. Returns the load's sample and a note on the deploys.
+fn deploy_under_load(
+    lab: &Lab,
+    kamal: &Kamal,
+    first: &Upstream,
+    release: &Path,
+    options: &Options,
+) -> Result<(Sample, String), String> {
+    let second = setups::start_upstream(&release.join("bench-upstream"), lab.load_core)?;
+    let targets = [second.port, first.port].map(|p| format!("127.0.0.1:{p}"));
+    let setup = Setup {
+        kind: Kind::Kamal,
+        port: kamal.http_port,
+        pids: kamal.process.pids(),
+    };
+    let headers = Scenario::DeployUnderLoad.headers();
+    // wrk is stopped (SIGINT) once the deploys are done; the cap only bounds a stuck run.
+    let cap =
+        Duration::from_secs(30 * u64::from(options.deploys) + 30).min(Duration::from_secs(600));
+    procs::reset_peak_rss(&setup.pids);
+    let cpu_before = procs::cpu_micros(&setup.pids, lab.ticks);
+    let load = wrk::start(
+        &lab.wrk,
+        &lab.load(Scenario::DeployUnderLoad, setup.port, &headers),
+        cap,
+        lab.load_core,
+    )?;
+    let started = Instant::now();
+    let mut failures = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for i in 0..options.deploys {
+        let target = &targets[i as usize % 2];
+        match kamal.deploy("bench", &["--target", target]) {
+            Ok(took) => slowest = slowest.max(took),
+            Err(e) => failures.push(e),
+        }
+    }
+    let elapsed = started.elapsed();
+    let result = wrk::stop(load)?;
+    let cpu_after = procs::cpu_micros(&setup.pids, lab.ticks);
+    eprintln!(
+        "xtask: deploy-under-load: {} deploys in {:.1} s, {} req/s, {} errors",
+        options.deploys,
+        elapsed.as_secs_f64(),
+        report::thousands(result.rps()),
+        result.errors
+    );
+    for failure in &failures {
+        eprintln!("xtask: {failure}");
+    }
+    let note = format!(
+        "{}/{} deploys succeeded in {:.1} s (slowest {:.2} s).",
+        options.deploys as usize - failures.len(),
+        options.deploys,
+        elapsed.as_secs_f64(),
+        slowest.as_secs_f64()
+    );
+    Ok((lab.sample(&setup, &result, cpu_before, cpu_after), note))
+}
+
+/// The report's preamble: when, where, with what, how.
+fn header(
+    options: &Options,
+    pinned: bool,
+    wrk: &Path,
+    nginx: Option<&Path>,
+    took: Duration,
+) -> String {
+    let first_line = |program: &Path, arg: &str| {
+        Command::new(program)
+            .arg(arg)
+            .output()
+            .ok()
+            .map(|o| {
+                let text = [o.stdout, o.stderr].concat();
+                String::from_utf8_lossy(&text)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string()
+            })
+            .unwrap_or_default()
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .map_or(String::new(), |kib| {
+            format!(", {:.0} GiB", kib / 1024.0 / 1024.0)
+        });
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let date = Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "## cargo xtask bench — {date}\n\n\
+         - machine: {cpu}, {cores} cores{memory}, Linux {}; load average before the report: {}\n\
+         - {}\n\
+         - kamal-proxy {commit} (release build, JSON access log to a pipe), {}, {}, upstream `bench-upstream` (hyper, 13-byte and 1 MiB answers)\n\
+         - each figure: median of {} interleaved rounds of {} s after a {} s warm-up; errors summed; peak RSS is the largest VmHWM of the proxy's processes in a round; proxy CPU from /proc (user + system)\n\
+         - took {:.0} s\n",
+        kernel.trim(),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+        if pinned {
+            "pinned: proxy on core 0, wrk (1 thread) and the upstream on core 1"
+        } else {
+            "not pinned (needs taskset and 2 cores)"
+        },
+        nginx.map_or("nginx missing".into(), |n| first_line(n, "-v")),
+        first_line(wrk, "-v"),
+        options.rounds,
+        options.duration.as_secs(),
+        WARM_UP.as_secs(),
+        took.as_secs_f64()
+    )
+}
+
+/// The program on `PATH`, or after installing Debian's `package` when this is a Debian-like
+/// system and we are root (the bench machines are).
+fn find_or_install(program: &str, package: &str) -> Option<PathBuf> {
+    if let Some(found) = procs::which(program) {
+        return Some(found);
+    }
+    if procs::which("apt-get").is_none() || !setups::is_root() {
+        return None;
+    }
+    eprintln!("xtask: {program} not found; installing Debian's `{package}` with apt-get");
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends", package])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !install() {
+        // A fresh machine has no package lists yet.
+        let _ = Command::new("apt-get").args(["update", "-q"]).status();
+        install();
+    }
+    procs::which(program)
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("target")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn defaults_run_every_scenario_for_ten_seconds_three_times() {
+        let options = Options::parse(&[]).unwrap();
+        assert_eq!(options.duration, Duration::from_secs(10));
+        assert_eq!((options.rounds, options.deploys), (3, 20));
+        assert_eq!(options.scenarios, Scenario::ALL.to_vec());
+    }
+
+    #[test]
+    fn parses_options_and_keeps_scenarios_in_report_order() {
+        let options = Options::parse(&args(&[
+            "1mib-response",
+            "--duration",
+            "5s",
+            "keep-alive",
+            "--rounds",
+            "5",
+            "keep-alive",
+        ]))
+        .unwrap();
+        assert_eq!(options.duration, Duration::from_secs(5));
+        assert_eq!(options.rounds, 5);
+        assert_eq!(
+            options.scenarios,
+            vec![Scenario::KeepAlive, Scenario::LargeResponse]
+        );
+    }
+
+    #[test]
+    fn rejects_unbounded_or_unknown_input() {
+        assert!(Options::parse(&args(&["--duration", "0"])).is_err());
+        assert!(Options::parse(&args(&["--duration", "9999"])).is_err());
+        assert!(Options::parse(&args(&["--rounds"])).is_err());
+        assert!(Options::parse(&args(&["http3"])).is_err());
+    }
+
+    #[test]
+    fn scenarios_describe_their_load() {
+        assert_eq!(Scenario::KeepAlive.connections(), 64);
+        assert_eq!(
+            Scenario::ConnPerRequest.headers(),
+            vec!["Connection: close".to_string()]
+        );
+        assert_eq!(Scenario::LargeResponse.expected(), (200, MIB));
+        assert!(Scenario::LargeUpload
+            .wrk_setup()
+            .contains("string.rep(\"x\", 1048576)"));
+        assert_eq!(Scenario::LargeUpload.host(), UPLOAD_HOST);
+        for scenario in Scenario::ALL {
+            assert_eq!(
+                Options::parse(&args(&[scenario.name()])).unwrap().scenarios,
+                vec![scenario]
+            );
+        }
+    }
+}

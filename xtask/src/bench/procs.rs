@@ -1,0 +1,376 @@
+//! Processes of a benchmark run: spawning them pinned to a core, stopping them for sure, and
+//! reading their CPU time and memory from `/proc`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The core the proxy under test runs on.
+pub const PROXY_CORE: &str = "0";
+/// The core the load generator and the upstream share.
+pub const LOAD_CORE: &str = "1";
+
+/// Whether processes can be pinned (`taskset` exists and there are at least two cores).
+pub fn can_pin() -> bool {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    cores >= 2 && which("taskset").is_some()
+}
+
+/// A command for `program`, run under `taskset -c core` when pinning is on.
+pub fn pinned(program: impl AsRef<Path>, core: Option<&str>) -> Command {
+    match core {
+        Some(core) => {
+            let mut command = Command::new("taskset");
+            command.args(["-c", core]).arg(program.as_ref());
+            command
+        }
+        None => Command::new(program.as_ref()),
+    }
+}
+
+/// Moves this process (and so the threads and children it starts later) onto `core`, so that
+/// the bench's own work (draining the proxy's log pipe, CLI calls) never competes with the proxy.
+pub fn pin_self(core: &str) -> bool {
+    Command::new("taskset")
+        .args(["-a", "-p", "-c", core, &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The full path of `program` on `PATH` (also the sbin directories, where nginx lives).
+pub fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A child process that is stopped (SIGTERM, then SIGKILL after a grace period) when dropped,
+/// together with any extra processes it reported (nginx's workers).
+#[derive(Debug)]
+pub struct Guarded {
+    /// What the process is, for messages.
+    pub name: String,
+    child: Child,
+    /// Its worker processes, stopped with it when the parent is killed.
+    pub workers: Vec<u32>,
+}
+
+impl Guarded {
+    /// Wraps a spawned child.
+    pub fn new(name: impl Into<String>, child: Child) -> Self {
+        Self {
+            name: name.into(),
+            child,
+            workers: Vec::new(),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The process and its workers: whose CPU time and memory count as this process's.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids = vec![self.pid()];
+        pids.extend(&self.workers);
+        pids
+    }
+
+    /// Takes the child's stdout pipe, if it was piped.
+    pub fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    /// Whether the process has exited already.
+    pub fn exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        if !self.exited() {
+            signal("TERM", self.pid());
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !self.exited() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // Workers of a master that died without stopping them would keep serving.
+        for &worker in &self.workers {
+            signal("KILL", worker);
+        }
+    }
+}
+
+/// Sends `SIG<name>` to `pid` (through `kill(1)`: this crate stays free of `unsafe`).
+pub fn signal(name: &str, pid: u32) {
+    let _ = Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Runs `command` to completion within `timeout`, capturing its output; kills it otherwise.
+pub fn run_bounded(command: &mut Command, timeout: Duration) -> Result<Output, String> {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {command:?}: {e}"))?;
+    wait_bounded(child, timeout).map_err(|e| format!("{command:?}: {e}"))
+}
+
+/// Waits for a child started with piped stdout and stderr, up to `timeout`.
+pub fn wait_bounded(mut child: Child, timeout: Duration) -> Result<Output, String> {
+    // Drained by threads so that a chatty child never blocks on a full pipe.
+    let stdout = child.stdout.take().map(drain_to_vec);
+    let stderr = child.stderr.take().map(drain_to_vec);
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("did not finish within {timeout:?}"));
+            }
+        }
+    };
+    let join = |h: Option<std::thread::JoinHandle<Vec<u8>>>| {
+        h.and_then(|h| h.join().ok()).unwrap_or_default()
+    };
+    Ok(Output {
+        status,
+        stdout: join(stdout),
+        stderr: join(stderr),
+    })
+}
+
+fn drain_to_vec(mut reader: impl Read + Send + 'static) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = reader.read_to_end(&mut buf);
+        buf
+    })
+}
+
+/// A port that was free on 127.0.0.1 a moment ago (for servers that need a port in a file).
+pub fn free_port() -> Result<u16, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port on 127.0.0.1: {e}"))
+}
+
+/// Polls until `127.0.0.1:port` accepts connections, up to `timeout`.
+pub fn wait_listening(port: u16, timeout: Duration) -> bool {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// One `GET` (or a `POST` of `body_len` bytes) to `127.0.0.1:port` with `Connection: close`;
+/// returns the status code and the body length. Used to check each setup before measuring it.
+pub fn http_check(
+    port: u16,
+    path: &str,
+    host: &str,
+    body_len: usize,
+) -> Result<(u16, usize), String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let fail = |e: std::io::Error| format!("request to 127.0.0.1:{port}{path}: {e}");
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(fail)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(fail)?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .map_err(fail)?;
+    let method = if body_len > 0 { "POST" } else { "GET" };
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {body_len}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).map_err(fail)?;
+    stream.write_all(&vec![b'x'; body_len]).map_err(fail)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).map_err(fail)?;
+    parse_response(&response).ok_or_else(|| format!("127.0.0.1:{port}{path}: not an HTTP response"))
+}
+
+/// Status code and body length of a complete HTTP/1.1 response read until close.
+fn parse_response(response: &[u8]) -> Option<(u16, usize)> {
+    let head_end = response.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let status_line = std::str::from_utf8(&response[..head_end])
+        .ok()?
+        .lines()
+        .next()?;
+    let code = status_line.split_whitespace().nth(1)?.parse().ok()?;
+    Some((code, response.len() - head_end))
+}
+
+/// CPU time (user + system) consumed so far by `pids`, in microseconds.
+pub fn cpu_micros(pids: &[u32], ticks_per_second: u64) -> Option<u64> {
+    let mut ticks = 0;
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        ticks += stat_cpu_ticks(&stat)?;
+    }
+    Some(ticks * 1_000_000 / ticks_per_second.max(1))
+}
+
+/// `utime + stime` from a `/proc/<pid>/stat` line (fields 14 and 15; the name in field 2 may
+/// contain spaces, so fields are counted from its closing parenthesis).
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+/// The parent pid (field 4) from a `/proc/<pid>/stat` line.
+fn stat_ppid(stat: &str) -> Option<u32> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The processes whose parent is `parent` (nginx's workers).
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| stat_ppid(&s))
+                == Some(parent)
+        })
+        .collect()
+}
+
+/// Clock ticks per second for `/proc/<pid>/stat` (`getconf CLK_TCK`, 100 on Linux).
+pub fn ticks_per_second() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100)
+}
+
+/// Resets each process's peak RSS to its current RSS (`clear_refs` 5).
+pub fn reset_peak_rss(pids: &[u32]) {
+    for pid in pids {
+        let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+    }
+}
+
+/// The sum of the processes' peak RSS (`VmHWM`), in KiB.
+pub fn peak_rss_kib(pids: &[u32]) -> Option<u64> {
+    pids.iter().map(|pid| status_kib(*pid, "VmHWM:")).sum()
+}
+
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(key))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_cpu_ticks_and_parent_from_stat_lines_with_odd_names() {
+        let stat = "4439 (kamal proxy) S 1 4439 4439 0 -1 4194560 1 0 0 0 250 75 0 0 20 0 3 0";
+        assert_eq!(stat_cpu_ticks(stat), Some(325));
+        assert_eq!(stat_ppid(stat), Some(1));
+        assert_eq!(stat_cpu_ticks("garbage"), None);
+    }
+
+    #[test]
+    fn reads_this_process_from_proc() {
+        let me = std::process::id();
+        assert!(cpu_micros(&[me], ticks_per_second()).is_some());
+        assert!(peak_rss_kib(&[me]).is_some_and(|kib| kib > 0));
+        assert!(peak_rss_kib(&[me, u32::MAX]).is_none());
+    }
+
+    #[test]
+    fn parses_status_and_body_length() {
+        assert_eq!(
+            parse_response(b"HTTP/1.1 503 Service Unavailable\r\nA: b\r\n\r\nbody"),
+            Some((503, 4))
+        );
+        assert_eq!(parse_response(b"HTTP/1.1 200 OK\r\n"), None);
+    }
+
+    #[test]
+    fn checks_a_real_server_on_loopback() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            // The check sends `Content-Length: 3` and three bytes after the head.
+            while !request.ends_with(b"\r\n\r\nxxx") {
+                let n = stream.read(&mut buf).unwrap();
+                assert!(n > 0, "client closed early");
+                request.extend_from_slice(&buf[..n]);
+            }
+            stream
+                .write_all(b"HTTP/1.1 201 Created\r\nContent-Length: 5\r\n\r\nhello")
+                .unwrap();
+            String::from_utf8(request).unwrap()
+        });
+        assert_eq!(http_check(port, "/x", "h.test", 3), Ok((201, 5)));
+        let request = server.join().unwrap();
+        assert!(
+            request.starts_with("POST /x HTTP/1.1\r\nHost: h.test\r\n"),
+            "{request}"
+        );
+    }
+
+    #[test]
+    fn waits_for_a_listener_and_gives_up_on_a_closed_port() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(wait_listening(port, Duration::from_secs(5)));
+        drop(listener);
+        assert!(!wait_listening(port, Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn guarded_children_are_stopped_on_drop() {
+        let child = Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id();
+        drop(Guarded::new("sleep", child));
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
+        // Reaped by the drop: gone, or at most a zombie on a kernel that keeps it briefly.
+        assert!(stat.map_or(true, |s| s.contains(") Z")));
+    }
+}

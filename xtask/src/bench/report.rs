@@ -1,0 +1,310 @@
+//! Summarising rounds (medians) and rendering the Markdown report with ratios.
+
+use std::fmt::Write as _;
+
+/// What one measurement of one setup in one scenario gave.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// Requests per second.
+    pub rps: f64,
+    /// Median latency, µs.
+    pub p50_us: f64,
+    /// 99th-percentile latency, µs.
+    pub p99_us: f64,
+    /// Failed requests (socket errors and statuses ≥ 400).
+    pub errors: u64,
+    /// The proxy's CPU time per request, µs (none for the direct run).
+    pub cpu_us_per_request: Option<f64>,
+    /// The proxy's peak RSS during the run, KiB (none for the direct run).
+    pub peak_rss_kib: Option<u64>,
+}
+
+/// The rounds of one setup in one scenario, reduced: medians, the total of errors, the largest
+/// peak RSS.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Summary {
+    /// Median requests per second.
+    pub rps: f64,
+    /// Median of the per-round median latencies.
+    pub p50_us: f64,
+    /// Median of the per-round p99 latencies.
+    pub p99_us: f64,
+    /// Errors over all rounds.
+    pub errors: u64,
+    /// Median CPU µs per request.
+    pub cpu_us_per_request: Option<f64>,
+    /// Largest peak RSS seen.
+    pub peak_rss_kib: Option<u64>,
+    /// How many rounds.
+    pub rounds: usize,
+}
+
+/// The median of `values` (the mean of the middle two for an even count); none when empty.
+pub fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    Some(if values.len().is_multiple_of(2) {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    })
+}
+
+/// Reduces the rounds of one setup; none when there are none.
+pub fn summarise(samples: &[Sample]) -> Option<Summary> {
+    let of = |f: fn(&Sample) -> f64| median(samples.iter().map(f).collect());
+    Some(Summary {
+        rps: of(|s| s.rps)?,
+        p50_us: of(|s| s.p50_us)?,
+        p99_us: of(|s| s.p99_us)?,
+        errors: samples.iter().map(|s| s.errors).sum(),
+        cpu_us_per_request: median(
+            samples
+                .iter()
+                .filter_map(|s| s.cpu_us_per_request)
+                .collect(),
+        ),
+        peak_rss_kib: samples.iter().filter_map(|s| s.peak_rss_kib).max(),
+        rounds: samples.len(),
+    })
+}
+
+/// One scenario's results: the three setups (any may be missing) and, for the deploy scenario,
+/// a note on the deploys.
+#[derive(Debug, Clone, Default)]
+pub struct ScenarioResult {
+    /// Scenario name.
+    pub name: String,
+    /// Open connections.
+    pub connections: u32,
+    /// No proxy: the load generator straight to the upstream.
+    pub direct: Option<Summary>,
+    /// Through kamal-proxy.
+    pub kamal: Option<Summary>,
+    /// Through nginx.
+    pub nginx: Option<Summary>,
+    /// For deploy-under-load: kamal-proxy's steady keep-alive throughput to compare with.
+    pub steady_rps: Option<f64>,
+    /// Free-form remarks (deploy counts, skipped setups).
+    pub note: String,
+}
+
+/// `a / b` as `0.62×`, or `–` when either side is missing.
+pub fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
+        _ => "–".into(),
+    }
+}
+
+/// `58750` → `58,750`.
+pub fn thousands(value: f64) -> String {
+    let digits = format!("{:.0}", value.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Microseconds, readable: `850 µs`, `1.23 ms`.
+pub fn latency(us: f64) -> String {
+    if us < 1000.0 {
+        format!("{us:.0} µs")
+    } else {
+        format!("{:.2} ms", us / 1000.0)
+    }
+}
+
+fn cpu(us: Option<f64>) -> String {
+    us.map_or("–".into(), |us| format!("{us:.1} µs"))
+}
+
+fn rss(kib: Option<u64>) -> String {
+    kib.map_or("–".into(), |kib| {
+        format!("{:.1} MiB", kib as f64 / 1024.0)
+    })
+}
+
+/// The Markdown table (one row per setup) followed by one line of ratios per scenario.
+pub fn render(results: &[ScenarioResult]) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "| scenario | setup | req/s | p50 | p99 | proxy CPU / req | proxy peak RSS | errors | req/s vs no proxy | req/s vs nginx | CPU vs nginx |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for result in results {
+        let nginx_rps = result.nginx.map(|s| s.rps);
+        let nginx_cpu = result.nginx.and_then(|s| s.cpu_us_per_request);
+        let direct_rps = result.direct.map(|s| s.rps);
+        let rows = [
+            ("no proxy", result.direct),
+            ("kamal-proxy", result.kamal),
+            ("nginx", result.nginx),
+        ];
+        for (setup, summary) in rows {
+            let Some(s) = summary else { continue };
+            let _ = writeln!(
+                out,
+                "| {} ({} conns) | {setup} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                result.name,
+                result.connections,
+                thousands(s.rps),
+                latency(s.p50_us),
+                latency(s.p99_us),
+                cpu(s.cpu_us_per_request),
+                rss(s.peak_rss_kib),
+                s.errors,
+                ratio(Some(s.rps), direct_rps),
+                ratio(Some(s.rps), nginx_rps),
+                ratio(s.cpu_us_per_request, nginx_cpu),
+            );
+        }
+    }
+    out.push('\n');
+    for result in results {
+        let _ = writeln!(out, "- {}", summary_line(result));
+    }
+    out
+}
+
+/// `keep-alive: kamal-proxy 0.62× no proxy, 1.40× nginx in req/s; …`.
+pub fn summary_line(result: &ScenarioResult) -> String {
+    let Some(kamal) = result.kamal else {
+        return format!("{}: kamal-proxy not measured. {}", result.name, result.note)
+            .trim_end()
+            .to_string();
+    };
+    let mut line = format!("{}: kamal-proxy", result.name);
+    if let Some(steady) = result.steady_rps {
+        let _ = write!(
+            line,
+            " {} its steady keep-alive req/s during the deploys,",
+            ratio(Some(kamal.rps), Some(steady))
+        );
+    }
+    if let Some(direct) = result.direct {
+        let _ = write!(
+            line,
+            " {} no proxy,",
+            ratio(Some(kamal.rps), Some(direct.rps))
+        );
+    }
+    if let Some(nginx) = result.nginx {
+        let _ = write!(
+            line,
+            " {} nginx in req/s; CPU per request {} nginx; p99 {} nginx; peak RSS {} nginx,",
+            ratio(Some(kamal.rps), Some(nginx.rps)),
+            ratio(kamal.cpu_us_per_request, nginx.cpu_us_per_request),
+            ratio(Some(kamal.p99_us), Some(nginx.p99_us)),
+            ratio(
+                kamal.peak_rss_kib.map(|k| k as f64),
+                nginx.peak_rss_kib.map(|k| k as f64)
+            ),
+        );
+    }
+    let _ = write!(line, " {} errors.", kamal.errors);
+    if !result.note.is_empty() {
+        let _ = write!(line, " {}", result.note);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(rps: f64, cpu: Option<f64>, rss: Option<u64>) -> Sample {
+        Sample {
+            rps,
+            p50_us: rps / 100.0,
+            p99_us: rps / 10.0,
+            errors: 1,
+            cpu_us_per_request: cpu,
+            peak_rss_kib: rss,
+        }
+    }
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median(vec![]), None);
+    }
+
+    #[test]
+    fn summary_takes_medians_sums_errors_and_keeps_the_largest_rss() {
+        let s = summarise(&[
+            sample(100.0, Some(10.0), Some(5)),
+            sample(300.0, Some(30.0), Some(9)),
+            sample(200.0, Some(20.0), Some(7)),
+        ])
+        .unwrap();
+        assert_eq!((s.rps, s.p50_us, s.p99_us), (200.0, 2.0, 20.0));
+        assert_eq!((s.errors, s.rounds), (3, 3));
+        assert_eq!(
+            (s.cpu_us_per_request, s.peak_rss_kib),
+            (Some(20.0), Some(9))
+        );
+        assert_eq!(summarise(&[]), None);
+        let direct = summarise(&[sample(1.0, None, None)]).unwrap();
+        assert_eq!(
+            (direct.cpu_us_per_request, direct.peak_rss_kib),
+            (None, None)
+        );
+    }
+
+    #[test]
+    fn formats_numbers_for_people() {
+        assert_eq!(thousands(58750.4), "58,750");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(1_234_567.0), "1,234,567");
+        assert_eq!(latency(850.2), "850 µs");
+        assert_eq!(latency(1234.0), "1.23 ms");
+        assert_eq!(ratio(Some(1.0), Some(4.0)), "0.25×");
+        assert_eq!(ratio(Some(1.0), None), "–");
+        assert_eq!(ratio(Some(1.0), Some(0.0)), "–");
+    }
+
+    #[test]
+    fn renders_rows_and_ratio_lines() {
+        let result = ScenarioResult {
+            name: "keep-alive".into(),
+            connections: 64,
+            direct: summarise(&[sample(100_000.0, None, None)]),
+            kamal: summarise(&[sample(62_000.0, Some(15.0), Some(20 * 1024))]),
+            nginx: summarise(&[sample(50_000.0, Some(20.0), Some(10 * 1024))]),
+            ..Default::default()
+        };
+        let text = render(&[result]);
+        assert!(text.contains(
+            "| keep-alive (64 conns) | kamal-proxy | 62,000 | 620 µs | 6.20 ms | 15.0 µs | 20.0 MiB | 1 | 0.62× | 1.24× | 0.75× |"
+        ), "{text}");
+        assert!(text.contains("| keep-alive (64 conns) | no proxy | 100,000 |"));
+        assert!(text.contains(
+            "- keep-alive: kamal-proxy 0.62× no proxy, 1.24× nginx in req/s; CPU per request 0.75× nginx; p99 1.24× nginx; peak RSS 2.00× nginx, 1 errors."
+        ), "{text}");
+    }
+
+    #[test]
+    fn deploy_line_compares_with_the_steady_state() {
+        let result = ScenarioResult {
+            name: "deploy-under-load".into(),
+            connections: 64,
+            kamal: summarise(&[sample(45_000.0, Some(15.0), None)]),
+            steady_rps: Some(50_000.0),
+            note: "20/20 deploys succeeded.".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            summary_line(&result),
+            "deploy-under-load: kamal-proxy 0.90× its steady keep-alive req/s during the deploys, 1 errors. 20/20 deploys succeeded."
+        );
+    }
+}

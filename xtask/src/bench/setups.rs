@@ -1,0 +1,341 @@
+//! The three servers of a run: the fast upstream, kamal-proxy (run and deployed through its own
+//! CLI, as users run it) and nginx (a generated reverse-proxy configuration).
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use super::procs::{self, Guarded};
+
+/// How long a server may take to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Upper bound for one CLI call (a deploy waits for a health check and a drain).
+const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A running `bench-upstream`.
+#[derive(Debug)]
+pub struct Upstream {
+    /// The process.
+    pub process: Guarded,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+/// Starts `bench-upstream` and waits for its `listening 127.0.0.1:PORT` line.
+pub fn start_upstream(bin: &Path, core: Option<&str>) -> Result<Upstream, String> {
+    let child = procs::pinned(bin, core)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    let mut process = Guarded::new("bench-upstream", child);
+    let stdout = process
+        .take_stdout()
+        .ok_or("bench-upstream has no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(START_TIMEOUT)
+        .map_err(|_| "bench-upstream did not start".to_string())?;
+    let port = line
+        .trim()
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("bench-upstream said {line:?}, not `listening ADDR`"))?;
+    Ok(Upstream { process, port })
+}
+
+/// A running `kamal-proxy run` with its own `HOME` and control socket.
+#[derive(Debug)]
+pub struct Kamal {
+    /// The server process.
+    pub process: Guarded,
+    /// Its plain-HTTP port.
+    pub http_port: u16,
+    bin: PathBuf,
+    dir: PathBuf,
+    /// Lines the server wrote to stdout (its JSON log, one access-log line per request).
+    pub log_lines: Arc<AtomicU64>,
+}
+
+impl Kamal {
+    /// Starts `kamal-proxy run --http-port 0 --https-port 0` with `HOME`, `TMPDIR` and the
+    /// socket under `dir`, and waits for `Server started`. Its stdout is read through a pipe
+    /// and thrown away, as a container runtime's log driver would read it.
+    pub fn start(bin: &Path, dir: &Path, core: Option<&str>) -> Result<Kamal, String> {
+        for sub in ["home", "tmp"] {
+            std::fs::create_dir_all(dir.join(sub))
+                .map_err(|e| format!("cannot create {}: {e}", dir.join(sub).display()))?;
+        }
+        let stderr = std::fs::File::create(dir.join("stderr.log"))
+            .map_err(|e| format!("cannot create the kamal-proxy stderr log: {e}"))?;
+        let mut command = procs::pinned(bin, core);
+        environment(&mut command, dir);
+        let child = command
+            .args(["run", "--http-port", "0", "--https-port", "0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        let mut process = Guarded::new("kamal-proxy", child);
+        let stdout = process.take_stdout().ok_or("kamal-proxy has no stdout")?;
+        let log_lines = Arc::new(AtomicU64::new(0));
+        let (tx, rx) = mpsc::channel();
+        let counter = log_lines.clone();
+        std::thread::spawn(move || drain_log(stdout, &tx, &counter));
+        let http_port = rx.recv_timeout(START_TIMEOUT).map_err(|_| {
+            let stderr = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
+            format!("kamal-proxy did not log `Server started`:\n{stderr}")
+        })?;
+        Ok(Kamal {
+            process,
+            http_port,
+            bin: bin.to_path_buf(),
+            dir: dir.to_path_buf(),
+            log_lines,
+        })
+    }
+
+    /// Runs `kamal-proxy <args>` as a client of this server.
+    pub fn cli(&self, args: &[&str]) -> Result<Output, String> {
+        let mut command = Command::new(&self.bin);
+        environment(&mut command, &self.dir);
+        command.args(args);
+        procs::run_bounded(&mut command, CLI_TIMEOUT)
+    }
+
+    /// `kamal-proxy deploy <service> <args…>`; returns how long it took.
+    pub fn deploy(&self, service: &str, args: &[&str]) -> Result<Duration, String> {
+        let started = Instant::now();
+        let mut all = vec!["deploy", service];
+        all.extend_from_slice(args);
+        let output = self.cli(&all)?;
+        if output.status.success() {
+            Ok(started.elapsed())
+        } else {
+            Err(format!(
+                "kamal-proxy {} failed: {}{}",
+                all.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim(),
+                String::from_utf8_lossy(&output.stdout).trim()
+            ))
+        }
+    }
+}
+
+/// The same clean environment for the server and its clients, so the CLI reaches this server.
+fn environment(command: &mut Command, dir: &Path) {
+    command
+        .env_clear()
+        .env("HOME", dir.join("home"))
+        .env("TMPDIR", dir.join("tmp"))
+        .env("KAMAL_PROXY_SOCKET", dir.join("kamal-proxy.sock"))
+        .env("TZ", "UTC");
+    if let Some(path) = std::env::var_os("PATH") {
+        command.env("PATH", path);
+    }
+}
+
+/// Reads the server's stdout: finds the `Server started` line and sends its HTTP port, then
+/// discards everything, counting lines.
+fn drain_log(stdout: impl Read, started: &mpsc::Sender<u16>, lines: &AtomicU64) {
+    let mut reader = BufReader::with_capacity(256 * 1024, stdout);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        lines.fetch_add(1, Ordering::Relaxed);
+        if line.contains("\"Server started\"") {
+            if let Some(port) = json_u64(&line, "http").and_then(|p| u16::try_from(p).ok()) {
+                let _ = started.send(port);
+                break;
+            }
+        }
+    }
+    loop {
+        let Ok(buf) = reader.fill_buf() else { return };
+        if buf.is_empty() {
+            return;
+        }
+        let newlines = buf.iter().filter(|&&b| b == b'\n').count() as u64;
+        lines.fetch_add(newlines, Ordering::Relaxed);
+        let n = buf.len();
+        reader.consume(n);
+    }
+}
+
+/// The unsigned number after `"key":` in a one-line JSON object.
+fn json_u64(line: &str, key: &str) -> Option<u64> {
+    let at = line.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let digits: String = line[at..]
+        .trim_start()
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// A running nginx (master and workers).
+#[derive(Debug)]
+pub struct Nginx {
+    /// The master; its workers are in [`Guarded::workers`].
+    pub process: Guarded,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+/// Starts nginx with [`nginx_config`] in `dir`, in the foreground, and waits for its workers.
+pub fn start_nginx(
+    bin: &Path,
+    dir: &Path,
+    upstream_port: u16,
+    core: Option<&str>,
+) -> Result<Nginx, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let port = procs::free_port()?;
+    let config = dir.join("nginx.conf");
+    std::fs::write(&config, nginx_config(dir, port, upstream_port, is_root()))
+        .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+    let child = procs::pinned(bin, core)
+        .arg("-p")
+        .arg(dir)
+        .arg("-c")
+        .arg(&config)
+        .arg("-e")
+        .arg(dir.join("error.log"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+    let mut process = Guarded::new("nginx", child);
+    if !procs::wait_listening(port, START_TIMEOUT) || process.exited() {
+        let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+        return Err(format!("nginx did not start on 127.0.0.1:{port}:\n{log}"));
+    }
+    // Workers are forked before the listener answers; poll briefly in case one is late.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while process.workers.is_empty() && Instant::now() < deadline {
+        process.workers = procs::children_of(process.pid());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Nginx { process, port })
+}
+
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|euid| euid == "0"))
+        })
+        .unwrap_or(false)
+}
+
+/// nginx as the same kind of reverse proxy kamal-proxy is: one worker (one core), the same
+/// forwarded headers and request id, keep-alive to the upstream, no access log, and no
+/// per-connection request cap (its default of 1,000 would force reconnects kamal-proxy does
+/// not make). Buffering stays at nginx's defaults, as most deployments leave it.
+pub fn nginx_config(dir: &Path, port: u16, upstream_port: u16, as_root: bool) -> String {
+    let dir = dir.display();
+    // A root master would switch workers to `nobody`, who cannot write the temp dirs here.
+    let user = if as_root { "user root;\n" } else { "" };
+    format!(
+        "{user}worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+worker_rlimit_nofile 65536;
+events {{
+    worker_connections 16384;
+}}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/client_body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    client_max_body_size 0;
+    upstream app {{
+        server 127.0.0.1:{upstream_port};
+        keepalive 128;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} default_server;
+        location / {{
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Request-ID $request_id;
+            proxy_set_header X-Request-Start \"t=${{msec}}\";
+        }}
+    }}
+}}
+"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_numbers_in_a_log_line() {
+        let line =
+            r#"{"time":"x","level":"INFO","msg":"Server started","http":41234,"https": 41235}"#;
+        assert_eq!(json_u64(line, "http"), Some(41234));
+        assert_eq!(json_u64(line, "https"), Some(41235));
+        assert_eq!(json_u64(line, "missing"), None);
+        assert_eq!(json_u64(r#"{"http":"x"}"#, "http"), None);
+    }
+
+    #[test]
+    fn the_drain_reports_the_port_and_counts_every_line() {
+        let log =
+            "{\"msg\":\"starting\"}\n{\"msg\":\"Server started\",\"http\":8080,\"https\":8443}\n\
+                   {\"msg\":\"Request\"}\n{\"msg\":\"Request\"}\n";
+        let (tx, rx) = mpsc::channel();
+        let lines = AtomicU64::new(0);
+        drain_log(log.as_bytes(), &tx, &lines);
+        assert_eq!(rx.try_recv(), Ok(8080));
+        assert_eq!(lines.load(Ordering::Relaxed), 4);
+    }
+
+    #[test]
+    fn nginx_config_proxies_to_the_upstream_with_keep_alive() {
+        let config = nginx_config(Path::new("/tmp/b"), 8080, 9090, true);
+        assert!(config.starts_with("user root;\nworker_processes 1;\n"));
+        assert!(config.contains("listen 127.0.0.1:8080 default_server;"));
+        assert!(config.contains("server 127.0.0.1:9090;\n        keepalive 128;"));
+        assert!(config.contains("proxy_set_header Connection \"\";"));
+        assert!(config.contains("proxy_set_header X-Request-Start \"t=${msec}\";"));
+        assert!(config.contains("access_log off;"));
+        assert!(config.contains("proxy_temp_path /tmp/b/proxy;"));
+        assert!(!nginx_config(Path::new("/tmp/b"), 1, 2, false).contains("user "));
+        // Balanced braces: a typo here would only show when nginx refuses to start.
+        assert_eq!(config.matches('{').count(), config.matches('}').count());
+    }
+}
