@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use kamal_balancer::{Forwarder, HealthConfig, Pool, RolloutSplit, TargetAddr};
+use kamal_buffer::MaybeBuffered;
 use kamal_control::{
     DeployRequest, GoDuration, Request as Command, Response as Answer, RolloutDeployRequest,
     ServiceDescription, ServiceOptions, TargetDescription, TargetOptions,
@@ -16,6 +17,7 @@ use kamal_router::{RouteError, RouteTable, SharedRoutes};
 
 use crate::access_log::{AccessLog, ConnInfo};
 use crate::body::ResponseBody;
+use crate::error_pages::ErrorPages;
 use crate::logging::json_list;
 use crate::rescue;
 use crate::serve::HttpHandler;
@@ -29,7 +31,7 @@ pub struct App {
     /// Services by name. Only the control plane takes this lock, never a request.
     registry: Mutex<BTreeMap<String, Arc<Service>>>,
     /// Pooled upstream connections, shared by all services.
-    pub(crate) forwarder: Forwarder<Incoming>,
+    pub(crate) forwarder: Forwarder<MaybeBuffered<Incoming>>,
     /// Where the state is persisted.
     state_path: PathBuf,
 }
@@ -84,6 +86,8 @@ impl App {
             "Deploying"
         );
 
+        // Before any pool exists: a bad directory fails the deploy and changes nothing.
+        let error_pages = load_error_pages(&req.service, &options)?;
         let pool = build_pool(&req.target_urls, &req.reader_urls, &req.target_options)?;
         pool.start_health_checks();
         if !req.force && !pool.wait_healthy(req.deploy_timeout.to_std()).await {
@@ -91,7 +95,8 @@ impl App {
             return Err(unhealthy_message(req.deploy_timeout));
         }
 
-        let settings = Settings::new(options, req.target_options.clone());
+        let settings =
+            Settings::new(options, req.target_options.clone()).with_error_pages(error_pages);
         let replaced = match self.install(&req.service, settings, Arc::clone(&pool)) {
             Ok(replaced) => replaced,
             Err(e) => {
@@ -136,14 +141,11 @@ impl App {
         pool: Arc<Pool>,
     ) -> Result<Option<Arc<Pool>>, String> {
         let existing = registry.get(name).cloned();
+        let settings = Arc::new(settings);
         // The table is built before anything changes, so a conflict leaves everything as it was.
         let candidate = match &existing {
             Some(service) => Arc::clone(service),
-            None => Service::new(
-                name,
-                Settings::new(settings.options.clone(), settings.target_options.clone()),
-                Arc::clone(&pool),
-            ),
+            None => Service::new(name, Arc::clone(&settings), Arc::clone(&pool)),
         };
         let table = build_table(registry, Some((name, &settings.options, &candidate)))
             .map_err(|e| {
@@ -152,7 +154,7 @@ impl App {
                 }
                 e.to_string()
             })?;
-        candidate.settings.store(Arc::new(settings));
+        candidate.settings.store(settings);
         let replaced = existing.map(|service| service.active.swap(pool));
         registry.insert(name.to_owned(), candidate);
         self.routes.store(table);
@@ -369,9 +371,18 @@ impl App {
                 }
                 _ => None,
             };
+            let error_pages = match load_error_pages(&name, &service.options) {
+                Ok(pages) => pages,
+                Err(error) => {
+                    pool.dispose();
+                    tracing::error!(service = %name, error = %error, "Failed to restore service");
+                    continue;
+                }
+            };
             pool.mark_all_healthy();
             pool.start_health_checks();
-            let settings = Settings::new(service.options, service.target_options.clone());
+            let settings = Settings::new(service.options, service.target_options.clone())
+                .with_error_pages(error_pages);
             match self.install_locked(&mut registry, &name, settings, pool) {
                 Ok(_) => {
                     if let Some(s) = registry.get(&name) {
@@ -567,10 +578,31 @@ fn apply_tls_inheritance(
             let mut options = settings.options.clone();
             options.tls_enabled = tls;
             options.tls_redirect = redirect;
-            service.settings.store(Arc::new(Settings::new(
-                options,
-                settings.target_options.clone(),
-            )));
+            service.settings.store(Arc::new(
+                Settings::new(options, settings.target_options.clone())
+                    .with_error_pages(settings.error_pages.clone()),
+            ));
+        }
+    }
+}
+
+/// Loads `--error-pages` (spec §9.2); `None` when the service has none.
+fn load_error_pages(
+    service: &str,
+    options: &ServiceOptions,
+) -> Result<Option<Arc<ErrorPages>>, String> {
+    let path = &options.error_page_path;
+    if path.is_empty() {
+        return Ok(None);
+    }
+    match ErrorPages::load(path) {
+        Ok(pages) => {
+            tracing::debug!(service = %service, path = %path, "Using custom error pages");
+            Ok(Some(Arc::new(pages)))
+        }
+        Err(error) => {
+            tracing::error!(service = %service, path = %path, error = %error, "Unable to parse custom error pages");
+            Err(error)
         }
     }
 }

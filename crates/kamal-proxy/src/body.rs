@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use kamal_balancer::ProxyBody;
+use kamal_buffer::MaybeBuffered;
 use pin_project_lite::pin_project;
 
 use crate::access_log::AccessLog;
@@ -20,7 +21,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind {
         Full { #[pin] body: Full<Bytes> },
-        Proxy { #[pin] body: ProxyBody },
+        Proxy { #[pin] body: MaybeBuffered<ProxyBody> },
     }
 }
 
@@ -49,8 +50,8 @@ impl ResponseBody {
         Self::full(Bytes::new())
     }
 
-    /// A body streamed from a target.
-    pub fn proxy(body: ProxyBody) -> Self {
+    /// A body from a target: streamed, or buffered with `--buffer-responses`.
+    pub fn proxy(body: MaybeBuffered<ProxyBody>) -> Self {
         ResponseBody {
             kind: Kind::Proxy { body },
             log: None,

@@ -13,7 +13,10 @@ use kamal_control::{ServiceOptions, TargetOptions};
 use crate::access_log::{AccessLog, ConnInfo, LogHeader};
 use crate::app::App;
 use crate::body::ResponseBody;
-use crate::{cookies, redirect, rescue};
+use crate::buffering::{self, Buffering};
+use crate::error_pages::ErrorPages;
+use crate::{cookies, redirect};
+use kamal_buffer::MaybeBuffered;
 
 /// Everything the request path reads from a service's options, derived once per deploy.
 #[derive(Debug)]
@@ -33,6 +36,10 @@ pub struct Settings {
     pub client_ip_header: Option<HeaderName>,
     /// `--writer-affinity-timeout` (zero turns affinity off).
     pub writer_affinity_timeout: Duration,
+    /// Request/response buffering limits (`--buffer-*`, `--max-*-body`).
+    pub buffering: Buffering,
+    /// Custom error pages (`--error-pages`), loaded at deploy time.
+    pub error_pages: Option<Arc<ErrorPages>>,
 }
 
 impl Settings {
@@ -46,9 +53,22 @@ impl Settings {
             log_response_headers: headers(&target_options.log_response_headers),
             client_ip_header: HeaderName::from_bytes(options.client_ip_header.as_bytes()).ok(),
             writer_affinity_timeout: options.writer_affinity_timeout.to_std(),
+            buffering: Buffering::new(&target_options),
+            error_pages: None,
             options,
             target_options,
         }
+    }
+
+    /// Attaches the service's custom error pages.
+    pub fn with_error_pages(mut self, pages: Option<Arc<ErrorPages>>) -> Self {
+        self.error_pages = pages;
+        self
+    }
+
+    /// The error page for `status`: the service's custom page if it has one, else built-in.
+    pub fn page(&self, status: StatusCode, message: Option<&str>) -> Response<ResponseBody> {
+        crate::error_pages::page(self.error_pages.as_deref(), status, message)
     }
 }
 
@@ -71,10 +91,10 @@ pub struct Service {
 
 impl Service {
     /// A new, running service serving `pool`.
-    pub fn new(name: &str, settings: Settings, pool: Arc<Pool>) -> Arc<Self> {
+    pub fn new(name: &str, settings: Arc<Settings>, pool: Arc<Pool>) -> Arc<Self> {
         Arc::new(Service {
             name: Arc::from(name),
-            settings: ArcSwap::from_pointee(settings),
+            settings: ArcSwap::new(settings),
             active: ArcSwap::new(pool),
             rollout: ArcSwapOption::empty(),
             split: ArcSwapOption::empty(),
@@ -122,7 +142,7 @@ impl Service {
         }
         // A service without TLS reached over TLS answers 503 (spec §7.9).
         if conn.tls && !settings.options.tls_enabled {
-            return rescue::page(StatusCode::SERVICE_UNAVAILABLE, None);
+            return settings.page(StatusCode::SERVICE_UNAVAILABLE, None);
         }
         let authority = crate::app::request_authority(&req);
         if let Some(resp) = redirect::redirect(&req, authority, conn.tls, &settings.options) {
@@ -133,6 +153,16 @@ impl Service {
                 return resp;
             }
         }
+        // The whole body is read before a target is chosen, so a slow client never holds one.
+        let req = match &settings.buffering.requests {
+            Some(limits) => match buffering::buffer_request(req, limits).await {
+                Ok(req) => req,
+                Err(status) => return settings.page(status, None),
+            },
+            None => req.map(MaybeBuffered::streaming),
+        };
+        // Only a reference-count bump: the path is needed for log lines after forwarding.
+        let uri = req.uri().clone();
 
         // Scoping needs the host after the request has been handed to the forwarder.
         let cookie_scope = (settings.target_options.scope_cookie_paths
@@ -165,10 +195,10 @@ impl Service {
                 }
                 match pool.claim(to_readers) {
                     Ok(claim) => claim,
-                    Err(_) => return rescue::page(StatusCode::SERVICE_UNAVAILABLE, None),
+                    Err(_) => return settings.page(StatusCode::SERVICE_UNAVAILABLE, None),
                 }
             }
-            Err(_) => return rescue::page(StatusCode::SERVICE_UNAVAILABLE, None),
+            Err(_) => return settings.page(StatusCode::SERVICE_UNAVAILABLE, None),
         };
         let upstream = claim.target.forward_target();
         log.set_target(upstream.label());
@@ -194,7 +224,16 @@ impl Service {
             .forward(req, upstream, claim.lease, &ctx)
             .await
         {
-            Ok(mut resp) => {
+            Ok(resp) => {
+                let mut resp = match &settings.buffering.responses {
+                    Some(limits) => {
+                        match buffering::buffer_response(resp, limits, uri.path()).await {
+                            Ok(resp) => resp,
+                            Err(status) => return settings.page(status, None),
+                        }
+                    }
+                    None => resp.map(MaybeBuffered::streaming),
+                };
                 // Tunnels keep the upstream's 101 untouched.
                 if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
                     if let Some(host) = &cookie_scope {
@@ -213,7 +252,7 @@ impl Service {
                 resp.map(ResponseBody::proxy)
             }
             Err(e) => {
-                let resp = rescue::page(e.status(), None);
+                let resp = settings.page(e.status(), None);
                 log.capture_response_headers(&settings.log_response_headers, resp.headers());
                 resp
             }
@@ -237,13 +276,12 @@ impl Service {
         }
         match self.pause.admit().await {
             Admission::Proceed => None,
-            Admission::Stopped { message } => Some(rescue::page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some(&message),
-            )),
+            Admission::Stopped { message } => {
+                Some(settings.page(StatusCode::SERVICE_UNAVAILABLE, Some(&message)))
+            }
             Admission::TimedOut => {
                 tracing::warn!(service = %self.name, path = %decoded_path(req), "Rejecting request due to expired pause");
-                Some(rescue::page(StatusCode::GATEWAY_TIMEOUT, None))
+                Some(settings.page(StatusCode::GATEWAY_TIMEOUT, None))
             }
         }
     }

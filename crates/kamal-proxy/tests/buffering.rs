@@ -286,7 +286,6 @@ async fn deploy(proxy: &Proxy, target: &str, extra: &[&str]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "wired in by the lead"]
 async fn hundred_mib_upload_reaches_the_target_intact_in_bounded_memory() {
     const SIZE: u64 = 100 * 1024 * 1024;
     const MAX_GROWTH_KIB: u64 = 32 * 1024;
@@ -340,7 +339,6 @@ async fn hundred_mib_upload_reaches_the_target_intact_in_bounded_memory() {
 }
 
 #[tokio::test]
-#[ignore = "wired in by the lead"]
 async fn request_body_limit_allows_n_bytes_and_refuses_n_plus_one() {
     let proxy = start_proxy();
     let target = Target::start().await;
@@ -396,7 +394,6 @@ async fn request_body_limit_allows_n_bytes_and_refuses_n_plus_one() {
 }
 
 #[tokio::test]
-#[ignore = "wired in by the lead"]
 async fn slow_client_does_not_occupy_the_target_while_uploading() {
     const LEN: usize = 100;
     let proxy = start_proxy();
@@ -444,7 +441,6 @@ async fn slow_client_does_not_occupy_the_target_while_uploading() {
 }
 
 #[tokio::test]
-#[ignore = "wired in by the lead"]
 async fn target_dying_mid_body_gives_502_and_nothing_partial() {
     let proxy = start_proxy();
     let target = Target::start().await;
@@ -462,7 +458,6 @@ async fn target_dying_mid_body_gives_502_and_nothing_partial() {
 }
 
 #[tokio::test]
-#[ignore = "wired in by the lead"]
 async fn response_over_the_limit_is_500_and_at_the_limit_is_sent() {
     let proxy = start_proxy();
     let up = Upstream::start("web");
@@ -495,7 +490,6 @@ async fn response_over_the_limit_is_500_and_at_the_limit_is_sent() {
 }
 
 #[tokio::test]
-#[ignore = "wired in by the lead"]
 async fn sse_still_streams_event_by_event_with_buffered_responses() {
     let proxy = start_proxy();
     let up = Upstream::start("sse");
@@ -546,7 +540,6 @@ fn error_pages_dir() -> tempfile::TempDir {
 }
 
 #[tokio::test]
-#[ignore = "wired in by the lead"]
 async fn custom_error_pages_are_served_for_service_errors() {
     let proxy = start_proxy();
     let target = Target::start().await;
@@ -606,7 +599,6 @@ async fn custom_error_pages_are_served_for_service_errors() {
 }
 
 #[tokio::test]
-#[ignore = "wired in by the lead"]
 async fn deploy_with_bad_error_pages_fails_and_the_old_service_answers() {
     let proxy = start_proxy();
     let up = Upstream::start("old");
@@ -643,7 +635,6 @@ async fn deploy_with_bad_error_pages_fails_and_the_old_service_answers() {
 }
 
 #[tokio::test]
-#[ignore = "wired in by the lead"]
 async fn malformed_chunked_upload_is_400_before_the_target_is_contacted() {
     let proxy = start_proxy();
     let target = Target::start().await;
