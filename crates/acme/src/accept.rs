@@ -79,3 +79,31 @@ impl TlsAcceptor {
         Ok(Some(stream))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt as _;
+
+    #[tokio::test]
+    async fn stalled_and_garbage_handshakes_end_in_errors() {
+        crate::install_crypto_provider();
+        let store = CertStore::new(crate::test_settings());
+        let acceptor = TlsAcceptor::new(store, Duration::from_millis(200));
+
+        // Silent client: the ClientHello wait times out.
+        let (server, _client) = tokio::io::duplex(1024);
+        let started = std::time::Instant::now();
+        let err = acceptor.accept(server).await.unwrap_err();
+        assert_eq!(err, "timed out waiting for the ClientHello");
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        // Plain HTTP instead of a ClientHello.
+        let (server, mut client) = tokio::io::duplex(1024);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(acceptor.accept(server).await.is_err());
+    }
+}

@@ -247,6 +247,12 @@ impl CertStore {
                 return Err(Refusal::UnknownServerName);
             }
             CertSource::Static(_) => return Ok(()),
+            // As autocert: a CA never issues for a single-label name; do not ask.
+            _ if !name.contains('.') => {
+                return Err(Refusal::Certificate(
+                    "acme/autocert: server name component count invalid".to_owned(),
+                ))
+            }
             CertSource::Acme(hosts) => match hosts.get(&name) {
                 Some(acme) => Arc::clone(acme),
                 // A name routed here by the default or a wildcard but not one of the hosts:
@@ -444,6 +450,17 @@ mod tests {
             panic!("acme source expected");
         };
         assert!(Arc::ptr_eq(&first["a.test"], &second["a.test"]));
+        let CertSource::Acme(dotless) = store.acme_source(&names(&["localhost"]), &target).unwrap()
+        else {
+            panic!("acme source expected");
+        };
+        store.set_service("local", &names(&["localhost"]), CertSource::Acme(dotless));
+        assert_eq!(
+            store.prepare(Some("localhost"), false).await,
+            Err(Refusal::Certificate(
+                "acme/autocert: server name component count invalid".into()
+            ))
+        );
         store.set_service("a", &names(&["a.test"]), CertSource::Acme(first));
         assert_eq!(
             store.http01("a.test:8080", "/.well-known/acme-challenge/tok"),

@@ -32,6 +32,8 @@ pub struct App {
     registry: Mutex<BTreeMap<String, Arc<Service>>>,
     /// Pooled upstream connections, shared by all services.
     pub(crate) forwarder: Forwarder<MaybeBuffered<Incoming>>,
+    /// Certificates for the HTTPS listener, per service.
+    tls: Arc<crate::tls::Tls>,
     /// Where the state is persisted.
     state_path: PathBuf,
 }
@@ -43,8 +45,14 @@ impl App {
             routes: SharedRoutes::new(RouteTable::new()),
             registry: Mutex::new(BTreeMap::new()),
             forwarder: Forwarder::new(),
+            tls: crate::tls::Tls::new(),
             state_path,
         })
+    }
+
+    /// The certificate store of the HTTPS listener.
+    pub fn tls(&self) -> &Arc<crate::tls::Tls> {
+        &self.tls
     }
 
     fn registry(&self) -> MutexGuard<'_, BTreeMap<String, Arc<Service>>> {
@@ -88,6 +96,7 @@ impl App {
 
         // Before any pool exists: a bad directory fails the deploy and changes nothing.
         let error_pages = load_error_pages(&req.service, &options)?;
+        let prepared = self.tls.prepare(&req.service, &options)?;
         let pool = build_pool(&req.target_urls, &req.reader_urls, &req.target_options)?;
         pool.start_health_checks();
         if !req.force && !pool.wait_healthy(req.deploy_timeout.to_std()).await {
@@ -98,7 +107,10 @@ impl App {
         let settings =
             Settings::new(options, req.target_options.clone()).with_error_pages(error_pages);
         let replaced = match self.install(&req.service, settings, Arc::clone(&pool)) {
-            Ok(replaced) => replaced,
+            Ok(replaced) => {
+                self.tls.install(&req.service, prepared);
+                replaced
+            }
             Err(e) => {
                 pool.dispose();
                 return Err(e);
@@ -173,6 +185,7 @@ impl App {
                 }
                 apply_tls_inheritance(&registry, &self.routes.load_full());
                 service.dispose();
+                self.tls.remove(name);
                 Ok(())
             }
             None => Err(SERVICE_NOT_FOUND.to_owned()),
@@ -351,6 +364,13 @@ impl App {
         let mut registry = self.registry();
         for service in saved {
             let name = service.name.clone();
+            let prepared = match self.tls.prepare(&name, &service.options) {
+                Ok(prepared) => prepared,
+                Err(error) => {
+                    tracing::error!(service = %name, error = %error, "Failed to restore service");
+                    continue;
+                }
+            };
             let pool = match build_pool(&service.writers, &service.readers, &service.target_options)
             {
                 Ok(pool) => pool,
@@ -385,6 +405,7 @@ impl App {
                 .with_error_pages(error_pages);
             match self.install_locked(&mut registry, &name, settings, pool) {
                 Ok(_) => {
+                    self.tls.install(&name, prepared);
                     if let Some(s) = registry.get(&name) {
                         if let Some(rollout) = rollout {
                             rollout.mark_all_healthy();
@@ -463,7 +484,11 @@ impl HttpHandler for App {
         let start = Instant::now();
         stamp_request(&mut req);
         let mut log = AccessLog::begin(&req, conn, start);
-        let resp = self.dispatch(req, conn, &mut log).await;
+        // ACME HTTP-01 challenges are answered before routing (spec §10.4).
+        let resp = match self.tls.http01(&req) {
+            Some(answer) => answer,
+            None => self.dispatch(req, conn, &mut log).await,
+        };
         log.set_response(&resp);
         resp.map(|body| body.with_log(log))
     }

@@ -76,7 +76,7 @@ impl Body for ResponseBody {
         let this = self.project();
         let frame = match this.kind.project() {
             KindProj::Full { body } => ready!(body.poll_frame(cx)).map(|r| r.map_err(Into::into)),
-            KindProj::Proxy { body } => ready!(body.poll_frame(cx)).map(|r| r.map_err(Into::into)),
+            KindProj::Proxy { body } => ready!(body.poll_frame(cx)),
         };
         match &frame {
             Some(Ok(f)) => {

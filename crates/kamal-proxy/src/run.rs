@@ -40,8 +40,7 @@ async fn serve_until_signal(config: RunConfig) -> Result<(), String> {
     crate::logging::init(config.debug);
     let env = kamal_control::paths::ProcessEnv;
     let app = App::new(kamal_control::paths::state_file_path(&env));
-    // The lead moves this into `App` (see the TLS report): `let tls = Arc::clone(app.tls());`
-    let tls = crate::tls::Tls::new();
+    let tls = Arc::clone(app.tls());
     app.restore();
 
     if config.metrics_port == 0 {

@@ -116,12 +116,16 @@ impl Tls {
         } else {
             options.acme_directory.clone()
         };
+        // The client always sends a cache path; an empty one (hand-written state) gets the
+        // default rather than a directory relative to wherever the server was started.
+        let cache_root = if options.acme_cache_path.is_empty() {
+            kamal_control::paths::default_acme_cache_path(&kamal_control::paths::ProcessEnv)
+        } else {
+            options.acme_cache_path.clone().into()
+        };
         let target = AcmeTarget {
             directory_url,
-            cache_dir: kamal_acme::cache_dir(
-                Path::new(&options.acme_cache_path),
-                &options.acme_directory,
-            ),
+            cache_dir: kamal_acme::cache_dir(&cache_root, &options.acme_directory),
         };
         if !options.tls_on_demand_url.is_empty() {
             let url = kamal_control::parse_on_demand_url(&options.tls_on_demand_url)
@@ -432,6 +436,79 @@ mod tests {
             "foo.test is not allowed to get a certificate (status: 403, body: \"nope \\\"quoted\\\"\\n\")"
         );
         assert!(verdict("foo.test", 200, b"").is_ok());
+    }
+
+    /// A one-shot HTTP server answering `reply`; returns its port and the request it saw.
+    async fn one_shot(reply: &'static str) -> (u16, tokio::task::JoinHandle<String>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let seen = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 4096];
+            let mut len = 0;
+            while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut buf[len..]).await.unwrap();
+                assert!(n > 0, "request head incomplete");
+                len += n;
+            }
+            stream.write_all(reply.as_bytes()).await.unwrap();
+            String::from_utf8_lossy(&buf[..len]).into_owned()
+        });
+        (port, seen)
+    }
+
+    fn external(port: u16, path: &str) -> OnDemandCheck {
+        OnDemandCheck {
+            url: OnDemandUrl::External {
+                url: format!("http://127.0.0.1:{port}{path}"),
+            },
+            service: "s".into(),
+            local: Arc::new(OnceLock::new()),
+        }
+    }
+
+    #[tokio::test]
+    async fn external_checks_ask_the_url_with_the_host_parameter() {
+        let (port, seen) =
+            one_shot("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
+        let check = external(port, "/allow?token=a b");
+        assert_eq!(check.check("foo.test").await, Ok(()));
+        let seen = seen.await.unwrap();
+        assert!(
+            seen.starts_with("GET /allow?host=foo.test&token=a+b HTTP/1.1\r\n"),
+            "{seen}"
+        );
+        // Host is the URL's own host, not the checked one (spec §10.6.2).
+        assert!(
+            seen.to_ascii_lowercase()
+                .contains(&format!("host: 127.0.0.1:{port}\r\n")),
+            "{seen}"
+        );
+        assert!(seen.contains("Go-http-client/1.1"), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn redirects_and_errors_deny() {
+        let (port, _seen) = one_shot(
+            "HTTP/1.1 302 Found\r\nlocation: /ok\r\ncontent-length: 4\r\nconnection: close\r\n\r\nmove",
+        )
+        .await;
+        let err = external(port, "/allow")
+            .check("foo.test")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "foo.test is not allowed to get a certificate (status: 302, body: \"move\")"
+        );
+        // Nothing listening: a transport error denies.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        assert!(external(closed, "/allow").check("foo.test").await.is_err());
     }
 
     fn options(hosts: &[&str]) -> ServiceOptions {

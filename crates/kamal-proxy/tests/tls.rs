@@ -27,7 +27,6 @@ fn path_str(p: &Path) -> &str {
 }
 
 #[tokio::test]
-#[ignore = "wired in by the lead"]
 async fn custom_certificates_are_chosen_by_sni_and_http2_works() {
     let proxy = start_proxy();
     let dir = tempfile::tempdir().unwrap();
@@ -109,10 +108,27 @@ async fn custom_certificates_are_chosen_by_sni_and_http2_works() {
     assert!(handshake(addr, Some("nope.test"), Verify::Nothing, H2_H1)
         .await
         .is_err());
+
+    // A service with TLS off: its SNI is refused, and reaching it over another service's
+    // TLS connection is a 503 (spec §7.9).
+    let plain = Upstream::start("plain");
+    proxy
+        .deploy_async(
+            "plain",
+            &["--target", &plain.address(), "--host", "plain.test"],
+        )
+        .await;
+    assert!(handshake(addr, Some("plain.test"), Verify::Nothing, H1)
+        .await
+        .is_err());
+    let reply = https_get(addr, Some("a.test"), "plain.test", "/", Verify::Nothing, H1)
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 503);
+    assert_eq!(plain.app_requests(), 0);
 }
 
 #[tokio::test]
-#[ignore = "wired in by the lead"]
 async fn a_mismatched_key_fails_the_deploy_and_the_old_service_keeps_serving() {
     let proxy = start_proxy();
     let dir = tempfile::tempdir().unwrap();
@@ -179,7 +195,6 @@ async fn a_mismatched_key_fails_the_deploy_and_the_old_service_keeps_serving() {
 }
 
 #[tokio::test]
-#[ignore = "wired in by the lead"]
 async fn acme_services_answer_http01_and_refuse_wildcards() {
     let proxy = start_proxy();
     let a = Upstream::start("a");
@@ -222,7 +237,6 @@ async fn acme_services_answer_http01_and_refuse_wildcards() {
 }
 
 #[tokio::test]
-#[ignore = "wired in by the lead"]
 async fn bad_handshakes_do_not_disturb_other_clients() {
     let proxy = start_proxy();
     let dir = tempfile::tempdir().unwrap();
@@ -259,10 +273,11 @@ async fn bad_handshakes_do_not_disturb_other_clients() {
         matches!(read, Ok(Ok(_)) | Ok(Err(_))),
         "closed or answered with an alert"
     );
-    // A stalled handshake (connected, silent) and 200 handshakes for random names.
+    // A stalled handshake (connected, silent) and 1,000 handshakes for random names.
     let _stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let rss_before = proxy.rss_kib().expect("server RSS");
     let mut set = tokio::task::JoinSet::new();
-    for i in 0..200 {
+    for i in 0..1000 {
         set.spawn(async move {
             let name = format!("r{i}.random.test");
             handshake(addr, Some(&name), Verify::Nothing, H2_H1)
@@ -277,12 +292,17 @@ async fn bad_handshakes_do_not_disturb_other_clients() {
         .await
         .unwrap();
     assert_eq!(reply.status, 200);
+    let rss_after = proxy.rss_kib().expect("server RSS");
+    assert!(
+        rss_after < rss_before + 32 * 1024,
+        "memory grew from {rss_before} KiB to {rss_after} KiB"
+    );
 }
 
 /// A `kamal-proxy run` on fixed ports with extra environment (the harness clears it), so the
 /// ACME client can trust pebble's own HTTPS certificate through `SSL_CERT_FILE`.
 struct Server {
-    child: Child,
+    child: Option<Child>,
     home: tempfile::TempDir,
     http: u16,
     https: u16,
@@ -299,7 +319,7 @@ fn free_port() -> u16 {
 impl Server {
     fn start(home: tempfile::TempDir, http: u16, https: u16, env: Vec<(String, String)>) -> Server {
         let mut server = Server {
-            child: Command::new("true").spawn().unwrap(),
+            child: None,
             home,
             http,
             https,
@@ -323,15 +343,16 @@ impl Server {
 
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.home.path().join("server.log")).unwrap();
-        self.child = self
-            .command()
-            .args(["run", "--debug", "--http-port", &self.http.to_string()])
-            .args(["--https-port", &self.https.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        self.child = Some(
+            self.command()
+                .args(["run", "--debug", "--http-port", &self.http.to_string()])
+                .args(["--https-port", &self.https.to_string()])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
         let deadline = Instant::now() + Duration::from_secs(20);
         while !self.log().contains("Server started") {
             assert!(
@@ -343,9 +364,15 @@ impl Server {
         }
     }
 
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     fn restart(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
         std::fs::remove_file(self.home.path().join("server.log")).unwrap();
         self.spawn();
     }
@@ -370,13 +397,11 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "wired in by the lead"]
 async fn acme_certificates_from_pebble_per_service_and_reused_after_restart() {
     let (http, https) = (free_port(), free_port());
     let pebble = Pebble::start(http, https);
@@ -419,7 +444,7 @@ async fn acme_certificates_from_pebble_per_service_and_reused_after_restart() {
     }
     assert_ne!(leaves[0], leaves[1]);
     assert_eq!(pebble.orders(), 2);
-    let cache = kamal_acme_cache_dir(&server.cache_root(), &directory);
+    let cache = kamal_acme::cache_dir(&server.cache_root(), &directory);
     assert!(cache.join("one.test").is_file());
 
     // Restart: the state is restored and certificates come from the cache.
@@ -431,22 +456,86 @@ async fn acme_certificates_from_pebble_per_service_and_reused_after_restart() {
     assert_eq!(pebble.orders(), 2, "no new order after a restart");
 }
 
-/// `<root>/<sha256 of the directory>` as upstream lays the cache out (Appendix B).
-fn kamal_acme_cache_dir(root: &Path, directory: &str) -> PathBuf {
-    let out = Command::new("sha256sum")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write as _;
-            c.stdin.take().unwrap().write_all(directory.as_bytes())?;
-            c.wait_with_output()
-        })
-        .unwrap();
-    let hex = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .to_owned();
-    root.join(hex)
+/// An on-demand check endpoint: 200 for hosts starting with `ok`, 403 `nope` otherwise;
+/// counts the checks per verdict.
+async fn check_server() -> (u16, Arc<[std::sync::atomic::AtomicUsize; 2]>) {
+    use std::sync::atomic::Ordering;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let counts: Arc<[std::sync::atomic::AtomicUsize; 2]> = Arc::new(Default::default());
+    let seen = Arc::clone(&counts);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut len = 0;
+                while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
+                    match stream.read(&mut buf[len..]).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => len += n,
+                    }
+                }
+                let allowed = String::from_utf8_lossy(&buf[..len]).contains("host=ok");
+                seen[usize::from(!allowed)].fetch_add(1, Ordering::SeqCst);
+                let reply: &[u8] = if allowed {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 403 Forbidden\r\ncontent-length: 4\r\nconnection: close\r\n\r\nnope"
+                };
+                let _ = stream.write_all(reply).await;
+            });
+        }
+    });
+    (port, counts)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_demand_tls_issues_for_approved_hosts_and_rate_limits_denied_ones() {
+    use std::sync::atomic::Ordering;
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(http, https);
+    let server = Server::start(
+        tempfile::tempdir().unwrap(),
+        http,
+        https,
+        vec![(
+            "SSL_CERT_FILE".into(),
+            pebble.api_ca_file().to_string_lossy().into_owned(),
+        )],
+    );
+    let (check_port, counts) = check_server().await;
+    let app = Upstream::start("app");
+    let check_url = format!("http://127.0.0.1:{check_port}/check");
+    server.deploy(&[
+        "od",
+        "--target",
+        &app.address(),
+        "--tls",
+        "--tls-on-demand-url",
+        &check_url,
+        "--tls-acme-directory",
+        &pebble.directory_url(),
+    ]);
+    let addr: SocketAddr = ([127, 0, 0, 1], https).into();
+    let roots = Verify::Roots(Arc::new(pebble.issuing_root().await.unwrap()));
+    let reply = https_get(addr, Some("ok.od.test"), "ok.od.test", "/", roots, H2_H1)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
+    assert_eq!(reply.status, 200);
+    assert_eq!(counts[0].load(Ordering::SeqCst), 1);
+
+    for _ in 0..5 {
+        assert!(handshake(addr, Some("no.od.test"), Verify::Nothing, H2_H1)
+            .await
+            .is_err());
+    }
+    assert_eq!(
+        counts[1].load(Ordering::SeqCst),
+        1,
+        "denials are remembered"
+    );
+    assert_eq!(pebble.orders(), 1);
+    let log = server.log();
+    assert!(log.contains("TLS on-demand check denied host"), "{log}");
 }
