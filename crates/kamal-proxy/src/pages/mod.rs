@@ -1,7 +1,7 @@
 //! The built-in error pages (spec §9.1).
 //!
-//! Five statuses have a page of their own (404, 413, 502, 503, 504): standalone HTML5 files
-//! beside this module, each with a `{{paragraph}}` placeholder filled in once, at first use.
+//! Five statuses have a page of their own (404, 413, 502, 503, 504): one standalone HTML5
+//! layout beside this module (`layout.html`), filled in once per status at first use.
 //! The 503 page of a stopped service carries the operator's stop message, HTML-escaped, instead
 //! of its default paragraph, so that one is rendered per request. Every other status gets the
 //! minimal `<h1>{code} {reason}</h1>` body upstream sends.
@@ -12,13 +12,16 @@ use std::sync::OnceLock;
 use bytes::Bytes;
 use http::StatusCode;
 
-/// Where each template takes its paragraph.
+/// The page design shared by every status; `{{…}}` marks what each status fills in.
+const LAYOUT: &str = include_str!("layout.html");
+/// Where each page takes its paragraph (filled last: it may be a stop message).
 const PLACEHOLDER: &str = "{{paragraph}}";
 
-/// A status with a page of its own: its template and default paragraph HTML.
+/// A status with a page of its own: its title, illustration caption and default paragraph.
 struct Page {
     status: StatusCode,
-    template: &'static str,
+    title: &'static str,
+    caption: &'static str,
     paragraph: &'static str,
 }
 
@@ -27,34 +30,39 @@ struct Page {
 const PAGES: [Page; 5] = [
     Page {
         status: StatusCode::NOT_FOUND,
-        template: include_str!("404.html"),
+        title: "404 — Not Found",
+        caption: "Page not found",
         paragraph: "<strong>The page you were looking for doesn\u{2019}t exist.</strong> You may \
                     have mistyped the address or the page may have moved. If you are the \
                     application owner check the logs for more information.",
     },
     Page {
         status: StatusCode::PAYLOAD_TOO_LARGE,
-        template: include_str!("413.html"),
+        title: "413 — Content Too Large",
+        caption: "Content too large",
         paragraph: "<strong>The file or data you are trying to upload exceeds the allowed \
                     size.</strong> Please try again<br> with a smaller file. If you continue to \
                     see this error, contact the application owner.",
     },
     Page {
         status: StatusCode::BAD_GATEWAY,
-        template: include_str!("502.html"),
+        title: "502 — Bad Gateway",
+        caption: "Bad gateway",
         paragraph: "<strong>The server received an invalid response.</strong> Please try again \
                     later.<br> If you continue to see this error, please contact the application \
                     owner.",
     },
     Page {
         status: StatusCode::SERVICE_UNAVAILABLE,
-        template: include_str!("503.html"),
+        title: "503 — Service Temporarily Unavailable",
+        caption: "Service unavailable",
         paragraph: "<strong>The service is temporarily unavailable.</strong> It may be \
                     overloaded,<br> or undergoing scheduled maintenance. Please try again later.",
     },
     Page {
         status: StatusCode::GATEWAY_TIMEOUT,
-        template: include_str!("504.html"),
+        title: "504 — Gateway Timeout",
+        caption: "Gateway timeout",
         paragraph: "<strong>The service did not respond within the allowed time limit.</strong> \
                     It may be overloaded,<br> or there may be a temporary technical issue. Please \
                     try again later.",
@@ -88,9 +96,14 @@ fn rendered() -> &'static [Bytes; 5] {
     })
 }
 
-/// A page's template with `paragraph` in place of the placeholder.
+/// The layout filled in for `page`, with `paragraph` in place of the placeholder.
 fn fill(page: &Page, paragraph: &str) -> String {
-    page.template.replacen(PLACEHOLDER, paragraph, 1)
+    LAYOUT
+        .replacen("{{title}}", page.title, 1)
+        .replace("{{code}}", page.status.as_str())
+        .replacen("{{label}}", &page.caption.to_ascii_lowercase(), 1)
+        .replacen("{{caption}}", page.caption, 1)
+        .replacen(PLACEHOLDER, paragraph, 1)
 }
 
 /// `<h1>{code} {reason}</h1>` for statuses without a page of their own.
