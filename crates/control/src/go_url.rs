@@ -2,6 +2,8 @@
 //! Go's error texts (`parse "allow": invalid URI for request`). Only validation is needed, so
 //! only the scheme and host are returned.
 
+use crate::quote::quote;
+
 /// What validation needs to know about a parsed URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ParsedUrl {
@@ -31,7 +33,7 @@ pub(crate) fn parse_request_uri(raw: &str) -> Result<ParsedUrl, String> {
 
 /// Go's `*url.Error` text.
 fn wrap(url: &str, reason: &str) -> String {
-    format!("parse {}: {reason}", strconv_quote(url))
+    format!("parse {}: {reason}", quote(url))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -138,12 +140,12 @@ fn parse_host(host: &str) -> Result<String, String> {
         };
         let port = &host[close + 1..];
         if !valid_optional_port(port) {
-            return Err(format!("invalid port {} after host", strconv_quote(port)));
+            return Err(format!("invalid port {} after host", quote(port)));
         }
     } else if let Some(colon) = host.rfind(':') {
         let port = &host[colon..];
         if !valid_optional_port(port) {
-            return Err(format!("invalid port {} after host", strconv_quote(port)));
+            return Err(format!("invalid port {} after host", quote(port)));
         }
     }
     check_escapes(host, Mode::Host)?;
@@ -172,12 +174,12 @@ fn check_escapes(s: &str, mode: Mode) -> Result<(), String> {
                 let end = (i + 3).min(bytes.len());
                 return Err(format!(
                     "invalid URL escape {}",
-                    strconv_quote(&String::from_utf8_lossy(&bytes[i..end]))
+                    quote(&String::from_utf8_lossy(&bytes[i..end]))
                 ));
             }
             let escape = &s[i..i + 3];
             if mode == Mode::Host && hex_value(bytes[i + 1]) < 8 && escape != "%25" {
-                return Err(format!("invalid URL escape {}", strconv_quote(escape)));
+                return Err(format!("invalid URL escape {}", quote(escape)));
             }
             i += 3;
             continue;
@@ -185,7 +187,7 @@ fn check_escapes(s: &str, mode: Mode) -> Result<(), String> {
         if mode == Mode::Host && b < 0x80 && !host_byte_allowed(b) {
             return Err(format!(
                 "invalid character {} in host name",
-                strconv_quote(&char::from(b).to_string())
+                quote(&char::from(b).to_string())
             ));
         }
         i += 1;
@@ -204,38 +206,6 @@ fn hex_value(b: u8) -> u8 {
 
 fn host_byte_allowed(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!$&'()*+,;=:[]<>\"-_.~".contains(&b)
-}
-
-/// Go's `strconv.Quote` for the strings that reach it here (valid UTF-8).
-pub(crate) fn strconv_quote(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\u{7}' => out.push_str("\\a"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{b}' => out.push_str("\\v"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                out.push_str(&format!("\\x{:02x}", c as u32));
-            }
-            c if c.is_control() => {
-                if (c as u32) <= 0xffff {
-                    out.push_str(&format!("\\u{:04x}", c as u32));
-                } else {
-                    out.push_str(&format!("\\U{:08x}", c as u32));
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 #[cfg(test)]
@@ -320,6 +290,6 @@ mod tests {
 
     #[test]
     fn quoting_matches_strconv() {
-        assert_eq!(strconv_quote("a\"b\\c\td\u{1}é"), r#""a\"b\\c\td\x01é""#);
+        assert_eq!(quote("a\"b\\c\td\u{1}é"), r#""a\"b\\c\td\x01é""#);
     }
 }

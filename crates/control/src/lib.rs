@@ -55,6 +55,7 @@ mod go_url;
 pub mod options;
 pub mod paths;
 pub mod protocol;
+pub mod quote;
 pub mod server;
 pub mod state;
 

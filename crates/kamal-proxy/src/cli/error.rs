@@ -1,7 +1,7 @@
 //! Every way a CLI invocation can fail. The Display texts are upstream's (cobra, pflag and
 //! kamal-proxy's own), because scripts and Kamal read them; `main` prints them as `Error: <text>`.
 
-use super::goparse::{quote, quote_rune};
+use kamal_control::quote::{quote, quote_rune};
 
 /// A failed CLI invocation (printed as `Error: <message>`, exit status 1).
 #[derive(Debug, thiserror::Error)]

@@ -43,7 +43,7 @@ impl Value {
             Value::Strings(v) if v.is_empty() => String::new(),
             Value::Bool(true) => " (default true)".to_string(),
             Value::Int(i) => format!(" (default {i})"),
-            Value::Str(s) => format!(" (default {})", goparse::quote(s)),
+            Value::Str(s) => format!(" (default {})", kamal_control::quote::quote(s)),
             Value::Strings(v) => format!(" (default [{}])", v.join(",")),
             Value::Duration(d) => format!(" (default {d})"),
         }

@@ -9,7 +9,7 @@ use kamal_control::{
 use super::command::{check_required, Command};
 use super::error::CliError;
 use super::flags::Parsed;
-use super::goparse::quote;
+use kamal_control::quote::quote;
 use crate::run::RunConfig;
 
 /// `deploy`: pre-run checks (§2.3 steps 1–4), then required flags and flag groups, then the
