@@ -7,7 +7,7 @@ mod bench;
 use std::process::{Command, ExitCode};
 
 const USAGE: &str = "usage: cargo xtask ci
-       cargo xtask bench [--duration SECS] [--rounds N] [--deploys N] [SCENARIO…]
+       cargo xtask bench [--duration SECS] [--rounds N] [--deploys N] [--no-build] [SCENARIO…]
        cargo xtask bench --micro [criterion args…]
 
 scenarios: keep-alive conn-per-request 1mib-response 1mib-upload deploy-under-load (default: all)";

@@ -27,6 +27,8 @@ const SMALL_LEN: usize = 13;
 const MIB: usize = 1024 * 1024;
 /// Warm-up before the first round of each setup in each scenario (not recorded).
 const WARM_UP: Duration = Duration::from_secs(2);
+/// Idle keep-alive connections opened to measure what one costs.
+const IDLE_CONNECTIONS: usize = 10_000;
 /// The longest a single load may run, whatever is asked.
 const MAX_DURATION: Duration = Duration::from_secs(120);
 
@@ -41,19 +43,28 @@ pub enum Scenario {
     LargeResponse,
     /// POSTs of a 1 MiB body, buffered by the proxy before forwarding.
     LargeUpload,
+    /// Memory each idle keep-alive client connection costs the proxy.
+    IdleConnections,
     /// Keep-alive load through kamal-proxy while it is redeployed repeatedly.
     DeployUnderLoad,
 }
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 6] = [
         Scenario::KeepAlive,
         Scenario::ConnPerRequest,
         Scenario::LargeResponse,
         Scenario::LargeUpload,
         Scenario::DeployUnderLoad,
+        // Last: the memory it leaves allocated would inflate later peak RSS figures.
+        Scenario::IdleConnections,
     ];
+
+    /// Whether the scenario is a `wrk` load measured in rounds against every setup.
+    fn in_rounds(self) -> bool {
+        !matches!(self, Scenario::IdleConnections | Scenario::DeployUnderLoad)
+    }
 
     /// The name used on the command line and in the report.
     pub fn name(self) -> &'static str {
@@ -62,6 +73,7 @@ impl Scenario {
             Scenario::ConnPerRequest => "conn-per-request",
             Scenario::LargeResponse => "1mib-response",
             Scenario::LargeUpload => "1mib-upload",
+            Scenario::IdleConnections => "idle-connections",
             Scenario::DeployUnderLoad => "deploy-under-load",
         }
     }
@@ -69,6 +81,7 @@ impl Scenario {
     fn connections(self) -> u32 {
         match self {
             Scenario::KeepAlive | Scenario::DeployUnderLoad => 64,
+            Scenario::IdleConnections => IDLE_CONNECTIONS as u32,
             _ => 16,
         }
     }
@@ -134,16 +147,19 @@ pub struct Options {
     pub deploys: u32,
     /// Scenarios to run, in report order.
     pub scenarios: Vec<Scenario>,
+    /// Whether to build the release binaries first (`--no-build` uses the ones in `target/`).
+    pub build: bool,
 }
 
 impl Options {
-    /// Parses `[--duration SECS] [--rounds N] [--deploys N] [SCENARIO…]`.
+    /// Parses `[--duration SECS] [--rounds N] [--deploys N] [--no-build] [SCENARIO…]`.
     pub fn parse(args: &[String]) -> Result<Options, String> {
         let mut options = Options {
             duration: Duration::from_secs(10),
             rounds: 3,
             deploys: 20,
             scenarios: Vec::new(),
+            build: true,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -160,6 +176,7 @@ impl Options {
                 }
                 "--rounds" => options.rounds = number("--rounds", 20)? as u32,
                 "--deploys" => options.deploys = number("--deploys", 100)? as u32,
+                "--no-build" => options.build = false,
                 name => {
                     let scenario = Scenario::ALL
                         .into_iter()
@@ -279,6 +296,7 @@ impl Lab {
             _ => None,
         };
         Sample {
+            requests: result.requests,
             rps: result.rps(),
             p50_us: result.p50_us as f64,
             p99_us: result.p99_us as f64,
@@ -305,16 +323,27 @@ pub fn run(options: &Options) -> Result<(), String> {
         eprintln!("xtask: nginx is not installed and could not be installed; its rows are skipped");
     }
 
-    crate::cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "kamal-proxy",
-        "-p",
-        "bench-upstream",
-    ])?;
+    if options.build {
+        crate::cargo(&[
+            "build",
+            "--release",
+            "-p",
+            "kamal-proxy",
+            "-p",
+            "bench-upstream",
+        ])?;
+    }
     let release = target_dir().join("release");
 
+    // 10,000 idle connections need as many descriptors in this process and in the proxies,
+    // which inherit the limit; best effort, the idle scenario reports it if still too low.
+    let _ = Command::new("prlimit")
+        .args([
+            "--pid",
+            &std::process::id().to_string(),
+            "--nofile=65536:65536",
+        ])
+        .status();
     let pin = procs::can_pin();
     if pin && procs::pin_self(procs::LOAD_CORE) {
         eprintln!(
@@ -382,14 +411,16 @@ pub fn run(options: &Options) -> Result<(), String> {
     };
     let setups_for = |scenario: Scenario| -> Vec<Setup> {
         let mut list = Vec::new();
-        if scenario == Scenario::DeployUnderLoad {
-            return list;
+        match scenario {
+            Scenario::DeployUnderLoad => return list,
+            // Only proxies hold client connections worth measuring.
+            Scenario::IdleConnections => {}
+            _ => list.push(Setup {
+                kind: Kind::Direct,
+                port: upstream.port,
+                pids: Vec::new(),
+            }),
         }
-        list.push(Setup {
-            kind: Kind::Direct,
-            port: upstream.port,
-            pids: Vec::new(),
-        });
         if scenario != Scenario::LargeUpload || upload_deployed {
             list.push(Setup {
                 kind: Kind::Kamal,
@@ -428,19 +459,30 @@ pub fn run(options: &Options) -> Result<(), String> {
     }
 
     let started = Instant::now();
-    for &scenario in &options.scenarios {
+    let rounds: Vec<Scenario> = options
+        .scenarios
+        .iter()
+        .copied()
+        .filter(|s| s.in_rounds())
+        .collect();
+    // Every request kamal-proxy served under load, to compare with its access-log lines.
+    let mut kamal_requests = 0;
+    for &scenario in &rounds {
         for setup in setups_for(scenario) {
             eprintln!(
                 "xtask: warming up {} in {}",
                 setup.kind.label(),
                 scenario.name()
             );
-            lab.measure(scenario, &setup, WARM_UP)?;
+            let sample = lab.measure(scenario, &setup, WARM_UP)?;
+            if setup.kind == Kind::Kamal {
+                kamal_requests += sample.requests;
+            }
         }
     }
     let mut samples: Vec<(Scenario, Kind, Sample)> = Vec::new();
     for round in 1..=options.rounds {
-        for &scenario in &options.scenarios {
+        for &scenario in &rounds {
             for setup in setups_for(scenario) {
                 let sample = lab.measure(scenario, &setup, options.duration)?;
                 eprintln!(
@@ -453,6 +495,9 @@ pub fn run(options: &Options) -> Result<(), String> {
                     report::latency(sample.p99_us),
                     sample.errors
                 );
+                if setup.kind == Kind::Kamal {
+                    kamal_requests += sample.requests;
+                }
                 samples.push((scenario, setup.kind, sample));
                 alive(&upstream, &kamal, nginx.as_ref())?;
             }
@@ -474,32 +519,52 @@ pub fn run(options: &Options) -> Result<(), String> {
             connections: scenario.connections(),
             ..Default::default()
         };
-        if scenario == Scenario::DeployUnderLoad {
-            let steady = summary(Scenario::KeepAlive, Kind::Kamal).map(|s| s.rps);
-            let (sample, note) = deploy_under_load(&lab, &kamal, &upstream, &release, options)?;
-            result.kamal = report::summarise(&[sample]);
-            result.steady_rps = steady;
-            result.note = note;
-        } else {
-            result.direct = summary(scenario, Kind::Direct);
-            result.kamal = summary(scenario, Kind::Kamal);
-            result.nginx = summary(scenario, Kind::Nginx);
+        match scenario {
+            Scenario::IdleConnections => continue,
+            Scenario::DeployUnderLoad => {
+                let steady = summary(Scenario::KeepAlive, Kind::Kamal).map(|s| s.rps);
+                let (sample, note) = deploy_under_load(&lab, &kamal, &upstream, &release, options)?;
+                kamal_requests += sample.requests;
+                result.kamal = report::summarise(&[sample]);
+                result.steady_rps = steady;
+                result.note = note;
+            }
+            _ => {
+                result.direct = summary(scenario, Kind::Direct);
+                result.kamal = summary(scenario, Kind::Kamal);
+                result.nginx = summary(scenario, Kind::Nginx);
+            }
         }
         results.push(result);
     }
-    let proxied_requests: f64 = samples
-        .iter()
-        .filter(|(_, k, _)| *k == Kind::Kamal)
-        .map(|(_, _, s)| s.rps * options.duration.as_secs_f64())
-        .sum();
+    // After the deploys: the memory this leaves allocated would inflate their peak RSS.
+    let mut findings = Vec::new();
+    if options.scenarios.contains(&Scenario::IdleConnections) {
+        let mut costs = Vec::new();
+        for setup in setups_for(Scenario::IdleConnections) {
+            match procs::idle_cost_kib(setup.port, &setup.pids, IDLE_CONNECTIONS) {
+                Ok(kib) => {
+                    eprintln!(
+                        "xtask: idle-connections {}: {kib:.1} KiB each",
+                        setup.kind.label()
+                    );
+                    costs.push((setup.kind, kib));
+                }
+                Err(e) => notes.push(format!("idle-connections, {}: {e}", setup.kind.label())),
+            }
+            alive(&upstream, &kamal, nginx.as_ref())?;
+        }
+        findings.push(idle_line(&costs));
+    }
+
     notes.push(format!(
-        "kamal-proxy wrote {} stdout lines (its JSON access log: one per request) during about {} measured requests plus warm-ups.",
+        "kamal-proxy wrote {} lines to stdout (its JSON log: one access-log line per request, plus start-up and deploy messages) for {} requests under load, warm-ups included.",
         report::thousands(kamal.log_lines.load(std::sync::atomic::Ordering::Relaxed) as f64),
-        report::thousands(proxied_requests)
+        report::thousands(kamal_requests as f64)
     ));
 
     let text = format!(
-        "{}\n{}\n{}",
+        "{}\n{}{}\n{}",
         header(
             options,
             pin,
@@ -508,6 +573,10 @@ pub fn run(options: &Options) -> Result<(), String> {
             started.elapsed()
         ),
         report::render(&results),
+        findings
+            .iter()
+            .map(|n| format!("- {n}\n"))
+            .collect::<String>(),
         notes.iter().map(|n| format!("- {n}\n")).collect::<String>()
     );
     println!("{text}");
@@ -520,6 +589,28 @@ pub fn run(options: &Options) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// `idle-connections: 10,000 idle keep-alive client connections add 12.0 KiB each to …`.
+fn idle_line(costs: &[(Kind, f64)]) -> String {
+    let cost = |kind: Kind| costs.iter().find(|(k, _)| *k == kind).map(|(_, kib)| *kib);
+    let mut line = format!(
+        "idle-connections: {} idle keep-alive client connections add",
+        report::thousands(IDLE_CONNECTIONS as f64)
+    );
+    let parts: Vec<String> = costs
+        .iter()
+        .map(|(kind, kib)| format!(" {kib:.1} KiB each to {}'s RSS", kind.label()))
+        .collect();
+    line.push_str(&parts.join(","));
+    if costs.is_empty() {
+        line.push_str(" nothing measurable (no setup could be measured)");
+    }
+    line.push_str(&format!(
+        " (kamal-proxy {} nginx).",
+        report::ratio(cost(Kind::Kamal), cost(Kind::Nginx))
+    ));
+    line
 }
 
 /// Fails the run when a server died under load (its numbers would be meaningless).
@@ -566,16 +657,25 @@ fn deploy_under_load(
     let started = Instant::now();
     let mut failures = Vec::new();
     let mut slowest = Duration::ZERO;
+    // Deploys are spread evenly over the same window as the steady measurement, so the
+    // throughput compared is over the same length of time, with a deploy every so often.
+    let spacing = options.duration / options.deploys;
     for i in 0..options.deploys {
+        pace(started + spacing * i);
         let target = &targets[i as usize % 2];
         match kamal.deploy("bench", &["--target", target]) {
             Ok(took) => slowest = slowest.max(took),
             Err(e) => failures.push(e),
         }
     }
+    pace(started + options.duration);
     let elapsed = started.elapsed();
     let result = wrk::stop(load)?;
     let cpu_after = procs::cpu_micros(&setup.pids, lab.ticks);
+    if options.deploys % 2 == 1 {
+        // Back to the first upstream: the second one stops when this function returns.
+        kamal.deploy("bench", &["--target", &targets[1]])?;
+    }
     eprintln!(
         "xtask: deploy-under-load: {} deploys in {:.1} s, {} req/s, {} errors",
         options.deploys,
@@ -596,6 +696,14 @@ fn deploy_under_load(
     Ok((lab.sample(&setup, &result, cpu_before, cpu_after), note))
 }
 
+/// Waits until `at` (pacing a schedule, not synchronising: nothing signals that moment).
+fn pace(at: Instant) {
+    let now = Instant::now();
+    if at > now {
+        std::thread::sleep(at - now);
+    }
+}
+
 /// The report's preamble: when, where, with what, how.
 fn header(
     options: &Options,
@@ -611,10 +719,13 @@ fn header(
             .ok()
             .map(|o| {
                 let text = [o.stdout, o.stderr].concat();
-                String::from_utf8_lossy(&text)
-                    .lines()
+                let text = String::from_utf8_lossy(&text);
+                let line = text.lines().next().unwrap_or("");
+                // `nginx version: nginx/1.22.1`, `wrk debian/4.1.0 [epoll] Copyright …`
+                let line = line.strip_prefix("nginx version: ").unwrap_or(line);
+                line.split("Copyright")
                     .next()
-                    .unwrap_or("")
+                    .unwrap_or(line)
                     .trim()
                     .to_string()
             })
@@ -639,17 +750,25 @@ fn header(
             format!(", {:.0} GiB", kib / 1024.0 / 1024.0)
         });
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let cores = std::fs::read_to_string("/proc/cpuinfo").map_or(0, |s| {
+        s.lines().filter(|l| l.starts_with("processor")).count()
+    });
     let date = Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    let commit = Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default();
+    let git = |args: &[&str]| {
+        Command::new("git")
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let mut commit = git(&["rev-parse", "--short", "HEAD"]);
+    if !git(&["status", "--porcelain", "--untracked-files=no"]).is_empty() {
+        commit.push_str(" + uncommitted changes");
+    }
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     format!(
         "## cargo xtask bench — {date}\n\n\
@@ -722,6 +841,8 @@ mod tests {
         let options = Options::parse(&[]).unwrap();
         assert_eq!(options.duration, Duration::from_secs(10));
         assert_eq!((options.rounds, options.deploys), (3, 20));
+        assert!(options.build);
+        assert!(!Options::parse(&args(&["--no-build"])).unwrap().build);
         assert_eq!(options.scenarios, Scenario::ALL.to_vec());
     }
 
@@ -751,6 +872,15 @@ mod tests {
         assert!(Options::parse(&args(&["--duration", "9999"])).is_err());
         assert!(Options::parse(&args(&["--rounds"])).is_err());
         assert!(Options::parse(&args(&["http3"])).is_err());
+    }
+
+    #[test]
+    fn idle_line_compares_with_nginx() {
+        assert_eq!(
+            idle_line(&[(Kind::Kamal, 12.0), (Kind::Nginx, 4.0)]),
+            "idle-connections: 10,000 idle keep-alive client connections add 12.0 KiB each to kamal-proxy's RSS, 4.0 KiB each to nginx's RSS (kamal-proxy 3.00× nginx)."
+        );
+        assert!(idle_line(&[]).contains("no setup could be measured"));
     }
 
     #[test]

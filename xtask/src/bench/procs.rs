@@ -227,6 +227,49 @@ fn parse_response(response: &[u8]) -> Option<(u16, usize)> {
     Some((code, response.len() - head_end))
 }
 
+/// Opens `count` keep-alive connections to `127.0.0.1:port`, makes one small request on each
+/// (so the proxy has set the connection up fully) and holds them all open; returns the growth
+/// of the `pids`' resident memory divided by `count`, in KiB. Bounded: 120 s overall.
+pub fn idle_cost_kib(port: u16, pids: &[u32], count: usize) -> Result<f64, String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let rss = || -> Result<u64, String> {
+        pids.iter()
+            .map(|pid| status_kib(*pid, "VmRSS:"))
+            .sum::<Option<u64>>()
+            .ok_or_else(|| "cannot read the proxy's RSS".to_string())
+    };
+    let before = rss()?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut held = Vec::with_capacity(count);
+    let mut buf = [0u8; 1024];
+    for i in 0..count {
+        if Instant::now() > deadline {
+            return Err(format!("only {i} connections opened within 120 s"));
+        }
+        let fail = |e: std::io::Error| format!("connection {i} of {count}: {e}");
+        let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(fail)?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(fail)?;
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .map_err(fail)?;
+        // The answer ends with the upstream's small body; a few reads at most.
+        let mut seen = Vec::new();
+        while !seen.ends_with(b"Hello, world\n") {
+            let n = stream.read(&mut buf).map_err(fail)?;
+            if n == 0 || seen.len() > 64 * 1024 {
+                return Err(format!("connection {i}: unexpected answer"));
+            }
+            seen.extend_from_slice(&buf[..n]);
+        }
+        held.push(stream);
+    }
+    let after = rss()?;
+    drop(held);
+    Ok(after.saturating_sub(before) as f64 / count.max(1) as f64)
+}
+
 /// CPU time (user + system) consumed so far by `pids`, in microseconds.
 pub fn cpu_micros(pids: &[u32], ticks_per_second: u64) -> Option<u64> {
     let mut ticks = 0;
@@ -362,6 +405,31 @@ mod tests {
         assert!(wait_listening(port, Duration::from_secs(5)));
         drop(listener);
         assert!(!wait_listening(port, Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn idle_cost_holds_every_connection_after_one_answer() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for _ in 0..20 {
+                let (mut stream, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 256];
+                let n = stream.read(&mut buf).unwrap();
+                assert!(buf[..n].starts_with(b"GET / HTTP/1.1\r\n"));
+                stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 13\r\n\r\nHello, world\n")
+                    .unwrap();
+                held.push(stream);
+            }
+            // Every connection is still open here: the client holds them until it measured.
+            held.len()
+        });
+        let cost = idle_cost_kib(port, &[std::process::id()], 20).unwrap();
+        assert!(cost >= 0.0);
+        assert_eq!(server.join().unwrap(), 20);
+        assert!(idle_cost_kib(port, &[u32::MAX], 1).is_err());
     }
 
     #[test]

@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 /// What one measurement of one setup in one scenario gave.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Sample {
+    /// Completed requests.
+    pub requests: u64,
     /// Requests per second.
     pub rps: f64,
     /// Median latency, µs.
@@ -222,6 +224,7 @@ mod tests {
 
     fn sample(rps: f64, cpu: Option<f64>, rss: Option<u64>) -> Sample {
         Sample {
+            requests: 1,
             rps,
             p50_us: rps / 100.0,
             p99_us: rps / 10.0,

@@ -250,7 +250,9 @@ pub fn is_root() -> bool {
 /// nginx as the same kind of reverse proxy kamal-proxy is: one worker (one core), the same
 /// forwarded headers and request id, keep-alive to the upstream, no access log, and no
 /// per-connection request cap (its default of 1,000 would force reconnects kamal-proxy does
-/// not make). Buffering stays at nginx's defaults, as most deployments leave it.
+/// not make). Buffering stays at nginx's defaults, as most deployments leave it; the error log
+/// stays at its default level, `error`, because at `warn` nginx would log every 1 MiB body it
+/// buffers to a temporary file.
 pub fn nginx_config(dir: &Path, port: u16, upstream_port: u16, as_root: bool) -> String {
     let dir = dir.display();
     // A root master would switch workers to `nobody`, who cannot write the temp dirs here.
@@ -259,7 +261,7 @@ pub fn nginx_config(dir: &Path, port: u16, upstream_port: u16, as_root: bool) ->
         "{user}worker_processes 1;
 daemon off;
 pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
+error_log {dir}/error.log error;
 worker_rlimit_nofile 65536;
 events {{
     worker_connections 16384;
@@ -333,6 +335,7 @@ mod tests {
         assert!(config.contains("proxy_set_header Connection \"\";"));
         assert!(config.contains("proxy_set_header X-Request-Start \"t=${msec}\";"));
         assert!(config.contains("access_log off;"));
+        assert!(config.contains("error.log error;"));
         assert!(config.contains("proxy_temp_path /tmp/b/proxy;"));
         assert!(!nginx_config(Path::new("/tmp/b"), 1, 2, false).contains("user "));
         // Balanced braces: a typo here would only show when nginx refuses to start.
