@@ -13,7 +13,8 @@ use http::header::{CONTENT_TYPE, HOST, USER_AGENT};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use percent_encoding::percent_decode_str;
 
-use crate::logging::{line_start, push_json_str, write_line};
+use crate::logging::{line_start, push_json_str, write_with};
+use crate::metrics::ServiceMetrics;
 
 /// Status recorded when the client disappears before the response started (nginx's 499).
 pub const CLIENT_CLOSED_REQUEST: u16 = 499;
@@ -50,6 +51,11 @@ pub struct AccessLog {
     resp_content_length: u64,
     resp_content_type: Option<HeaderValue>,
     extra: Vec<(String, String)>,
+    /// Where the request is counted after its line is written; `None` when metrics are off
+    /// or the path is excluded (spec §12.3).
+    metrics: Option<Arc<ServiceMetrics>>,
+    /// Whether the request holds a place in the service's in-flight gauge.
+    in_flight: bool,
 }
 
 impl AccessLog {
@@ -78,6 +84,32 @@ impl AccessLog {
             resp_content_length: 0,
             resp_content_type: None,
             extra: Vec::new(),
+            metrics: None,
+            in_flight: false,
+        }
+    }
+
+    /// Counts the request in `series` (without the in-flight gauge: unmatched requests).
+    pub fn count_in(&mut self, series: &Arc<ServiceMetrics>) {
+        self.metrics = Some(Arc::clone(series));
+    }
+
+    /// The request entered a service (spec §7.1 step 7): counted in its series, and in its
+    /// in-flight gauge until the log entry is written; `None` excludes it from metrics.
+    pub fn enter_service(&mut self, series: Option<&Arc<ServiceMetrics>>) {
+        self.leave_service();
+        self.metrics = series.map(|s| {
+            s.enter();
+            Arc::clone(s)
+        });
+        self.in_flight = self.metrics.is_some();
+    }
+
+    fn leave_service(&mut self) {
+        if std::mem::take(&mut self.in_flight) {
+            if let Some(series) = &self.metrics {
+                series.leave();
+            }
         }
     }
 
@@ -141,9 +173,9 @@ impl AccessLog {
         self.resp_content_length += n as u64;
     }
 
-    fn render(&self) -> String {
-        let mut out = String::with_capacity(512);
-        line_start(&mut out, "INFO", "Request");
+    /// Appends the log line to `out` (a worker's log buffer: no allocation per request).
+    fn render_into(&self, out: &mut String, duration: std::time::Duration) {
+        line_start(out, "INFO", "Request");
         let host = value_str(&self.host);
         // HTTP/2 requests carry the host in the URI authority, not in a Host header.
         let host = if host.is_empty() {
@@ -151,64 +183,60 @@ impl AccessLog {
         } else {
             host
         };
-        str_field(&mut out, "host", host);
+        str_field(out, "host", host);
         let _ = write!(out, ",\"port\":{}", self.conn.port);
         let path = self.uri.path();
-        str_field(
-            &mut out,
-            "path",
-            &percent_decode_str(path).decode_utf8_lossy(),
-        );
-        str_field(&mut out, "request_id", value_str(&self.request_id));
+        str_field(out, "path", &percent_decode_str(path).decode_utf8_lossy());
+        str_field(out, "request_id", value_str(&self.request_id));
         let _ = write!(out, ",\"status\":{}", self.status);
-        str_field(&mut out, "service", self.service.as_deref().unwrap_or(""));
-        str_field(&mut out, "target", value_str(&self.target));
-        let _ = write!(out, ",\"duration\":{}", self.start.elapsed().as_nanos());
-        str_field(&mut out, "method", self.method.as_str());
+        str_field(out, "service", self.service.as_deref().unwrap_or(""));
+        str_field(out, "target", value_str(&self.target));
+        let _ = write!(out, ",\"duration\":{}", duration.as_nanos());
+        str_field(out, "method", self.method.as_str());
         let _ = write!(out, ",\"req_content_length\":{}", self.req_content_length);
-        str_field(
-            &mut out,
-            "req_content_type",
-            value_str(&self.req_content_type),
-        );
+        str_field(out, "req_content_type", value_str(&self.req_content_type));
         let _ = write!(out, ",\"resp_content_length\":{}", self.resp_content_length);
-        str_field(
-            &mut out,
-            "resp_content_type",
-            value_str(&self.resp_content_type),
+        str_field(out, "resp_content_type", value_str(&self.resp_content_type));
+        // IP addresses and ports need no JSON escaping: written straight into the line.
+        let ip = self.conn.peer.ip();
+        let _ = write!(
+            out,
+            ",\"client_addr\":\"{ip}\",\"client_port\":\"{}\"",
+            self.conn.peer.port()
         );
-        let client_ip = self.conn.peer.ip().to_string();
-        str_field(&mut out, "client_addr", &client_ip);
-        str_field(&mut out, "client_port", &self.conn.peer.port().to_string());
         let remote = value_str(&self.remote_addr);
-        str_field(
-            &mut out,
-            "remote_addr",
-            if remote.is_empty() {
-                &client_ip
-            } else {
-                remote
-            },
-        );
-        str_field(&mut out, "user_agent", value_str(&self.user_agent));
-        str_field(&mut out, "proto", proto(self.version));
-        str_field(
-            &mut out,
-            "scheme",
-            if self.conn.tls { "https" } else { "http" },
-        );
-        str_field(&mut out, "query", self.uri.query().unwrap_or(""));
+        if remote.is_empty() {
+            let _ = write!(out, ",\"remote_addr\":\"{ip}\"");
+        } else {
+            str_field(out, "remote_addr", remote);
+        }
+        str_field(out, "user_agent", value_str(&self.user_agent));
+        str_field(out, "proto", proto(self.version));
+        str_field(out, "scheme", if self.conn.tls { "https" } else { "http" });
+        str_field(out, "query", self.uri.query().unwrap_or(""));
         for (key, value) in &self.extra {
-            str_field(&mut out, key, value);
+            str_field(out, key, value);
         }
         out.push_str("}\n");
+    }
+
+    #[cfg(test)]
+    fn render(&self, duration: std::time::Duration) -> String {
+        let mut out = String::new();
+        self.render_into(&mut out, duration);
         out
     }
 }
 
 impl Drop for AccessLog {
     fn drop(&mut self) {
-        write_line(&self.render());
+        let duration = self.start.elapsed();
+        write_with(|out| self.render_into(out, duration));
+        // Counted after the line is written, as upstream (spec §11.2).
+        self.leave_service();
+        if let Some(series) = self.metrics.take() {
+            series.observe(&self.method, self.status, duration);
+        }
     }
 }
 
@@ -304,7 +332,7 @@ mod tests {
             .unwrap();
         log.set_response(&resp);
         log.add_body_bytes(5);
-        let line = log.render();
+        let line = log.render(std::time::Duration::from_nanos(7));
         std::mem::forget(log);
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         let keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();

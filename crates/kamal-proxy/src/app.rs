@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderValue, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use kamal_balancer::{Forwarder, HealthConfig, Pool, RolloutSplit, TargetAddr};
 use kamal_buffer::MaybeBuffered;
 use kamal_control::{
@@ -19,8 +18,9 @@ use crate::access_log::{AccessLog, ConnInfo};
 use crate::body::ResponseBody;
 use crate::error_pages::ErrorPages;
 use crate::logging::json_list;
+use crate::metrics::{DeployOutcome, Metrics, TargetHealth};
 use crate::rescue;
-use crate::serve::HttpHandler;
+use crate::serve::{HttpHandler, RequestBody};
 use crate::service::{Service, Settings};
 
 /// The whole proxy: what requests read (lock-free) and what the control plane changes.
@@ -31,17 +31,25 @@ pub struct App {
     /// Services by name. Only the control plane takes this lock, never a request.
     registry: Mutex<BTreeMap<String, Arc<Service>>>,
     /// Pooled upstream connections, shared by all services.
-    pub(crate) forwarder: Forwarder<MaybeBuffered<Incoming>>,
+    pub(crate) forwarder: Forwarder<MaybeBuffered<RequestBody>>,
     /// Certificates for the HTTPS listener, per service.
     tls: Arc<crate::tls::Tls>,
     /// Where the state is persisted.
     state_path: PathBuf,
+    /// Request and operator metrics, when `--metrics-port` is set.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl App {
     /// An empty proxy persisting its state at `state_path`.
     pub fn new(state_path: PathBuf) -> Arc<Self> {
+        Self::with_metrics(state_path, None)
+    }
+
+    /// An empty proxy that counts requests in `metrics` (spec §12).
+    pub fn with_metrics(state_path: PathBuf, metrics: Option<Arc<Metrics>>) -> Arc<Self> {
         Arc::new(App {
+            metrics,
             routes: SharedRoutes::new(RouteTable::new()),
             registry: Mutex::new(BTreeMap::new()),
             forwarder: Forwarder::new(),
@@ -60,16 +68,24 @@ impl App {
         self.registry.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Counts a request that reached no service as `service=""` (404s, HTTP-01 answers).
+    fn count_unmatched(&self, log: &mut AccessLog) {
+        if let Some(metrics) = &self.metrics {
+            log.count_in(metrics.unmatched());
+        }
+    }
+
     /// Routes and serves one request.
     async fn dispatch(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: ConnInfo,
         log: &mut AccessLog,
     ) -> Response<ResponseBody> {
         let routes = self.routes.load();
         let authority = request_authority(&req);
         let Some(route) = routes.lookup(authority, req.uri().path()) else {
+            self.count_unmatched(log);
             return rescue::page(StatusCode::NOT_FOUND, None);
         };
         let service = Arc::clone(route.value);
@@ -79,6 +95,22 @@ impl App {
 
     /// Deploys (creates or updates) a service: health-gated switch, then drain (spec §4.5).
     pub async fn deploy(&self, req: DeployRequest) -> Result<(), String> {
+        let Some(metrics) = self.metrics.clone() else {
+            return self.deploy_service(req).await;
+        };
+        let started = Instant::now();
+        let name = req.service.clone();
+        let result = self.deploy_service(req).await;
+        let outcome = match &result {
+            Ok(()) => DeployOutcome::Succeeded,
+            Err(e) if e.starts_with(UNHEALTHY_PREFIX) => DeployOutcome::Unhealthy,
+            Err(_) => DeployOutcome::Failed,
+        };
+        metrics.record_deploy(&name, outcome, started.elapsed());
+        result
+    }
+
+    async fn deploy_service(&self, req: DeployRequest) -> Result<(), String> {
         req.service_options.validate().map_err(|e| e.to_string())?;
         let mut options = req.service_options.clone();
         options.normalize();
@@ -109,6 +141,7 @@ impl App {
         let replaced = match self.install(&req.service, settings, Arc::clone(&pool)) {
             Ok(replaced) => {
                 self.tls.install(&req.service, prepared);
+                self.record_certificate(&req.service, &req.service_options);
                 replaced
             }
             Err(e) => {
@@ -157,7 +190,12 @@ impl App {
         // The table is built before anything changes, so a conflict leaves everything as it was.
         let candidate = match &existing {
             Some(service) => Arc::clone(service),
-            None => Service::new(name, Arc::clone(&settings), Arc::clone(&pool)),
+            None => Service::new(
+                name,
+                Arc::clone(&settings),
+                Arc::clone(&pool),
+                self.metrics.as_ref().map(|m| m.service(name)),
+            ),
         };
         let table = build_table(registry, Some((name, &settings.options, &candidate)))
             .map_err(|e| {
@@ -186,6 +224,9 @@ impl App {
                 apply_tls_inheritance(&registry, &self.routes.load_full());
                 service.dispose();
                 self.tls.remove(name);
+                if let Some(metrics) = &self.metrics {
+                    metrics.set_certificate_expiry(name, Vec::new());
+                }
                 Ok(())
             }
             None => Err(SERVICE_NOT_FOUND.to_owned()),
@@ -407,6 +448,9 @@ impl App {
                 Ok(_) => {
                     self.tls.install(&name, prepared);
                     if let Some(s) = registry.get(&name) {
+                        self.record_certificate(&name, &s.settings.load().options);
+                    }
+                    if let Some(s) = registry.get(&name) {
                         if let Some(rollout) = rollout {
                             rollout.mark_all_healthy();
                             rollout.start_health_checks();
@@ -423,6 +467,54 @@ impl App {
                 }
             }
         }
+    }
+
+    /// The health of every target of every service, for the metrics endpoint.
+    pub fn target_health(&self) -> Vec<TargetHealth> {
+        let registry = self.registry();
+        let mut out = Vec::new();
+        for service in registry.values() {
+            let active = service.active.load_full();
+            let rollout = service.rollout.load_full();
+            let pools = std::iter::once(("active", active)).chain(rollout.map(|p| ("rollout", p)));
+            for (pool_name, pool) in pools {
+                for t in pool.describe() {
+                    out.push(TargetHealth {
+                        service: service.name.to_string(),
+                        target: t.address,
+                        pool: pool_name,
+                        role: if t.is_reader { "reader" } else { "writer" },
+                        state: t.state.as_str(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Records the expiry of a service's custom certificate for the metrics (ACME
+    /// certificates live inside the TLS store, which does not expose their dates).
+    fn record_certificate(&self, name: &str, options: &ServiceOptions) {
+        let Some(metrics) = &self.metrics else { return };
+        let expiry = (!options.tls_certificate_path.is_empty())
+            .then(|| certificate_not_after(&options.tls_certificate_path))
+            .flatten();
+        let hosts = match expiry {
+            Some(at) => {
+                let mut hosts: Vec<(String, i64)> = options
+                    .hosts
+                    .iter()
+                    .filter(|h| !h.is_empty())
+                    .map(|h| (h.clone(), at))
+                    .collect();
+                if hosts.is_empty() {
+                    hosts.push((String::new(), at));
+                }
+                hosts
+            }
+            None => Vec::new(),
+        };
+        metrics.set_certificate_expiry(name, hosts);
     }
 
     /// Runs one control command.
@@ -466,7 +558,18 @@ const SERVICE_NOT_FOUND: &str = "service not found";
 
 /// The error of a deploy whose targets did not all become healthy in time (spec §4.5).
 fn unhealthy_message(timeout: GoDuration) -> String {
-    format!("target failed to become healthy within configured timeout ({timeout})")
+    format!("{UNHEALTHY_PREFIX} ({timeout})")
+}
+
+/// The start of [`unhealthy_message`], which tells the deploy outcome apart in metrics.
+const UNHEALTHY_PREFIX: &str = "target failed to become healthy within configured timeout";
+
+/// The `notAfter` time (Unix seconds) of the first certificate in a PEM file.
+fn certificate_not_after(path: &str) -> Option<i64> {
+    use rustls::pki_types::pem::PemObject as _;
+    let der = rustls::pki_types::CertificateDer::from_pem_file(path).ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 impl kamal_control::server::Handler for App {
@@ -478,7 +581,7 @@ impl kamal_control::server::Handler for App {
 impl HttpHandler for App {
     async fn call(
         self: Arc<Self>,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         conn: ConnInfo,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
@@ -486,7 +589,10 @@ impl HttpHandler for App {
         let mut log = AccessLog::begin(&req, conn, start);
         // ACME HTTP-01 challenges are answered before routing (spec §10.4).
         let resp = match self.tls.http01(&req) {
-            Some(answer) => answer,
+            Some(answer) => {
+                self.count_unmatched(&mut log);
+                answer
+            }
             None => self.dispatch(req, conn, &mut log).await,
         };
         log.set_response(&resp);

@@ -7,6 +7,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
+use crate::metrics::Metrics;
 use crate::serve;
 
 /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
@@ -31,29 +32,37 @@ pub struct RunConfig {
 pub fn run(config: RunConfig) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Workers batch their log lines and write them whenever they go idle or stop.
+        .on_thread_park(crate::logging::worker_idle)
+        .on_thread_stop(crate::logging::flush_thread)
         .build()
         .map_err(|e| format!("unable to start the runtime: {e}"))?;
-    runtime.block_on(serve_until_signal(config))
+    let result = runtime.block_on(serve_until_signal(config));
+    // Dropping the runtime stops its workers, which write their last buffered log lines.
+    drop(runtime);
+    result
 }
 
 async fn serve_until_signal(config: RunConfig) -> Result<(), String> {
     crate::logging::init(config.debug);
     let env = kamal_control::paths::ProcessEnv;
-    let app = App::new(kamal_control::paths::state_file_path(&env));
+    // When disabled nothing is tracked (spec §12.1).
+    let metrics = (config.metrics_port != 0).then(Metrics::new);
+    let app = App::with_metrics(kamal_control::paths::state_file_path(&env), metrics.clone());
     let tls = Arc::clone(app.tls());
     app.restore();
 
-    if config.metrics_port == 0 {
-        tracing::debug!("Metrics server disabled");
-    } else {
-        tracing::warn!(
-            port = config.metrics_port,
-            "Metrics are not implemented yet; --metrics-port is ignored"
-        );
-    }
-    if config.http3 {
-        tracing::warn!("HTTP/3 is not implemented yet; --http3 is ignored");
-    }
+    let metrics_listener = match &metrics {
+        None => {
+            tracing::debug!("Metrics server disabled");
+            None
+        }
+        Some(_) => {
+            let listener = serve::bind(config.metrics_port).await?;
+            tracing::info!(address = %format!(":{}", config.metrics_port), "Metrics enabled");
+            Some(listener)
+        }
+    };
 
     let http = serve::bind(config.http_port).await?;
     let https = serve::bind(config.https_port).await?;
@@ -65,6 +74,15 @@ async fn serve_until_signal(config: RunConfig) -> Result<(), String> {
         .local_addr()
         .map(|a| a.port())
         .unwrap_or(config.https_port);
+
+    // UDP at the HTTPS listener's port (the bound one when configured as 0).
+    let http3 = if config.http3 {
+        let quic = crate::http3::server_config(Arc::clone(tls.store()))?;
+        Some(crate::http3::Http3Listener::bind(https_port, quic)?)
+    } else {
+        None
+    };
+    let alt_svc = http3.as_ref().map(|_| crate::http3::alt_svc(https_port));
 
     let socket = kamal_control::paths::socket_path(&env);
     let control =
@@ -89,9 +107,22 @@ async fn serve_until_signal(config: RunConfig) -> Result<(), String> {
             stop.clone(),
         );
         tokio::spawn(async move {
-            serve::tls_accept_loop(https, config.https_port, tls, app, &graceful, stop).await
+            serve::tls_accept_loop(https, config.https_port, tls, app, &graceful, stop, alt_svc)
+                .await
         })
     };
+    let metrics_loop = match (metrics_listener, metrics) {
+        (Some(listener), Some(metrics)) => Some(tokio::spawn(serve::accept_loop(
+            listener,
+            false,
+            config.metrics_port,
+            crate::metrics::Endpoint::new(metrics, Arc::clone(&app)),
+            Arc::clone(&graceful),
+            stop.clone(),
+        ))),
+        _ => None,
+    };
+    let http3 = http3.map(|l| l.serve(config.https_port, Arc::clone(&app), stop.clone()));
     {
         let stop = stop.clone();
         let app = Arc::clone(&app);
@@ -109,11 +140,18 @@ async fn serve_until_signal(config: RunConfig) -> Result<(), String> {
     // The accept loop holds the other reference to `graceful`; it returns at once on `stop`.
     let _ = http_loop.await;
     let _ = https_loop.await;
+    if let Some(metrics_loop) = metrics_loop {
+        let _ = metrics_loop.await;
+    }
     let graceful = reclaim(graceful).await;
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let http3 = async {
+        if let Some(http3) = http3 {
+            http3.shutdown().await;
+        }
+    };
+    // One shared deadline for the TCP listeners and HTTP/3 (spec §1.6).
+    let both = async { futures_util::join!(graceful.shutdown(), http3) };
+    if tokio::time::timeout(SHUTDOWN_GRACE, both).await.is_err() {
         tracing::warn!("Closing active connections");
     }
     tasks.shutdown().await;

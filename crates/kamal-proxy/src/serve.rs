@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
-use http::{Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -23,17 +23,58 @@ use crate::body::ResponseBody;
 use crate::tls::Tls;
 
 /// Largest request head accepted; larger heads get 431 (Go allows 1 MB plus slack).
-const MAX_HEAD_BYTES: usize = 1024 * 1024 + 4096;
+pub(crate) const MAX_HEAD_BYTES: usize = 1024 * 1024 + 4096;
 /// A client must send a complete request head within this time once it starts one, so idle or
 /// trickling connections cannot pin memory forever (upstream has no limit at all).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The body of a request from any listener: hyper's (HTTP/1.1, HTTP/2) or an HTTP/3 stream.
+#[derive(Debug)]
+pub enum RequestBody {
+    /// From an HTTP/1.1 or HTTP/2 connection.
+    Http(Incoming),
+    /// From an HTTP/3 request stream.
+    Http3(crate::http3::H3Body),
+}
+
+impl http_body::Body for RequestBody {
+    type Data = bytes::Bytes;
+    type Error = crate::body::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+        // Both bodies are `Unpin`.
+        match self.get_mut() {
+            RequestBody::Http(body) => std::pin::Pin::new(body)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
+            RequestBody::Http3(body) => std::pin::Pin::new(body).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RequestBody::Http(body) => body.is_end_stream(),
+            RequestBody::Http3(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        match self {
+            RequestBody::Http(body) => body.size_hint(),
+            RequestBody::Http3(body) => body.size_hint(),
+        }
+    }
+}
 
 /// What serves each request: the whole proxy stack.
 pub trait HttpHandler: Send + Sync + 'static {
     /// Answers one request. Never fails: errors are already turned into responses.
     fn call(
         self: Arc<Self>,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         conn: ConnInfo,
     ) -> impl Future<Output = Response<ResponseBody>> + Send + 'static;
 }
@@ -127,7 +168,7 @@ fn serve_connection<H: HttpHandler>(
     graceful: &GracefulShutdown,
 ) {
     let _ = stream.set_nodelay(true);
-    serve_io(stream, conn, handler, builder, graceful);
+    serve_io(stream, conn, handler, builder, graceful, None);
 }
 
 /// Serves HTTP/1.1 and HTTP/2 on an established byte stream (plain TCP or TLS).
@@ -137,21 +178,31 @@ fn serve_io<H, IO>(
     handler: Arc<H>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     graceful: &GracefulShutdown,
+    alt_svc: Option<HeaderValue>,
 ) where
     H: HttpHandler,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let handler = Arc::clone(&handler);
+        let alt_svc = alt_svc.clone();
         async move {
             // A bug in one request must not take the connection task (or the process) down.
-            let response = AssertUnwindSafe(handler.call(req, conn))
+            let mut response = AssertUnwindSafe(handler.call(req.map(RequestBody::Http), conn))
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|_| {
                     tracing::error!("Request handler panicked");
                     crate::rescue::page(StatusCode::INTERNAL_SERVER_ERROR, None)
                 });
+            // HTTP/3 is advertised on every HTTPS response; a target's own value wins (§10.7).
+            if let Some(value) = alt_svc {
+                if let http::header::Entry::Vacant(slot) =
+                    response.headers_mut().entry(http::header::ALT_SVC)
+                {
+                    slot.insert(value);
+                }
+            }
             Ok::<_, Infallible>(response)
         }
     });
@@ -170,7 +221,8 @@ fn serve_io<H, IO>(
 
 /// Accepts TLS connections until `stop` fires. Each handshake runs in its own task (a slow or
 /// stalled client never holds up the others); failures are logged at DEBUG only, because
-/// scanners cause a steady stream of them (upstream logs them at INFO).
+/// scanners cause a steady stream of them (upstream logs them at INFO). With `alt_svc` (HTTP/3
+/// on), every response advertises it.
 pub async fn tls_accept_loop<H: HttpHandler>(
     listener: TcpListener,
     configured_port: u16,
@@ -178,6 +230,7 @@ pub async fn tls_accept_loop<H: HttpHandler>(
     handler: Arc<H>,
     graceful: &Arc<GracefulShutdown>,
     stop: CancellationToken,
+    alt_svc: Option<HeaderValue>,
 ) {
     let builder = Arc::new(builder());
     // Handshake tasks hold the shutdown watcher weakly, so shutdown can take it back.
@@ -205,6 +258,7 @@ pub async fn tls_accept_loop<H: HttpHandler>(
             (Arc::clone(&tls), Arc::clone(&handler), Arc::clone(&builder));
         let graceful = weak_graceful.clone();
         let stop = stop.clone();
+        let alt_svc = alt_svc.clone();
         tokio::spawn(async move {
             let accepted = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -213,7 +267,7 @@ pub async fn tls_accept_loop<H: HttpHandler>(
             match accepted {
                 Ok(Some(stream)) => {
                     if let Some(graceful) = graceful.upgrade() {
-                        serve_io(stream, conn, handler, builder, &graceful);
+                        serve_io(stream, conn, handler, builder, &graceful, alt_svc);
                     }
                 }
                 Ok(None) => {}
@@ -226,7 +280,7 @@ pub async fn tls_accept_loop<H: HttpHandler>(
 }
 
 /// IPv4 clients arrive on the dual-stack socket as `::ffff:a.b.c.d`; log them as IPv4.
-fn canonical_peer(peer: SocketAddr) -> SocketAddr {
+pub(crate) fn canonical_peer(peer: SocketAddr) -> SocketAddr {
     match peer {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(v4.into(), v6.port()),

@@ -6,7 +6,6 @@ use std::time::{Duration, SystemTime};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use http::uri::PathAndQuery;
 use http::{HeaderName, Method, Request, Response, StatusCode};
-use hyper::body::Incoming;
 use kamal_balancer::{affinity, Admission, ForwardContext, PauseController, Pool, RolloutSplit};
 use kamal_control::{ServiceOptions, TargetOptions};
 
@@ -15,6 +14,8 @@ use crate::app::App;
 use crate::body::ResponseBody;
 use crate::buffering::{self, Buffering};
 use crate::error_pages::ErrorPages;
+use crate::metrics::ServiceMetrics;
+use crate::serve::RequestBody;
 use crate::{cookies, redirect};
 use kamal_buffer::MaybeBuffered;
 
@@ -87,11 +88,18 @@ pub struct Service {
     pub split: ArcSwapOption<RolloutSplit>,
     /// Running, paused or stopped (spec §5).
     pub pause: PauseController,
+    /// The service's request metrics, when `--metrics-port` is set.
+    pub metrics: Option<Arc<ServiceMetrics>>,
 }
 
 impl Service {
     /// A new, running service serving `pool`.
-    pub fn new(name: &str, settings: Arc<Settings>, pool: Arc<Pool>) -> Arc<Self> {
+    pub fn new(
+        name: &str,
+        settings: Arc<Settings>,
+        pool: Arc<Pool>,
+        metrics: Option<Arc<ServiceMetrics>>,
+    ) -> Arc<Self> {
         Arc::new(Service {
             name: Arc::from(name),
             settings: ArcSwap::new(settings),
@@ -99,6 +107,7 @@ impl Service {
             rollout: ArcSwapOption::empty(),
             split: ArcSwapOption::empty(),
             pause: PauseController::new(),
+            metrics,
         })
     }
 
@@ -129,13 +138,28 @@ impl Service {
     pub async fn serve(
         &self,
         app: &App,
-        mut req: Request<Incoming>,
+        mut req: Request<RequestBody>,
         prefix: &str,
         conn: ConnInfo,
         log: &mut AccessLog,
     ) -> Response<ResponseBody> {
-        log.set_service(&self.name);
         let settings = self.settings.load();
+        if let Some(series) = &self.metrics {
+            let excluded = !settings.options.exclude_metrics_paths.is_empty() && {
+                let routed = kamal_router::routed_path(
+                    req.uri().path(),
+                    prefix,
+                    settings.options.strip_prefix,
+                );
+                settings
+                    .options
+                    .exclude_metrics_paths
+                    .iter()
+                    .any(|p| *p == routed)
+            };
+            log.enter_service((!excluded).then_some(series));
+        }
+        log.set_service(&self.name);
 
         if let Some(header) = &settings.client_ip_header {
             apply_client_ip(&mut req, header, log);

@@ -79,6 +79,11 @@ impl Tls {
         })
     }
 
+    /// The certificate store (the HTTP/3 listener resolves certificates from it too).
+    pub fn store(&self) -> &Arc<CertStore> {
+        &self.store
+    }
+
     /// Connects the path form of on-demand checks to the application (set once, at start-up).
     pub fn set_local_check<L: LocalCheck>(&self, local: &Arc<L>) {
         let weak: Weak<dyn LocalCheckDebug> = Arc::downgrade(local) as Weak<dyn LocalCheckDebug>;

@@ -1,6 +1,7 @@
 //! Value parsers and quoting that behave like Go's `strconv`, because upstream's flag values are
 //! parsed by pflag with `strconv` and its error messages are part of the observable interface.
 
+use kamal_control::quote::quote;
 use std::fmt;
 
 /// Why a Go-style number or boolean could not be parsed (`strconv.ErrSyntax` / `ErrRange`).

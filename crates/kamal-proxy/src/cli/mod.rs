@@ -159,7 +159,10 @@ fn help_topic(root: &Command, topic: &[String], out: &mut dyn Write, err: &mut d
             let _ = out.write_all(command::help(&chain).as_bytes());
         }
         Err(_) => {
-            let words: Vec<String> = topic.iter().map(|w| kamal_control::quote::backquote(w)).collect();
+            let words: Vec<String> = topic
+                .iter()
+                .map(|w| kamal_control::quote::backquote(w))
+                .collect();
             let _ = writeln!(err, "Unknown help topic [{}]", words.join(" "));
             let _ = err.write_all(command::usage_without_flags(&[root]).as_bytes());
         }

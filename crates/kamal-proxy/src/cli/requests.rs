@@ -9,8 +9,8 @@ use kamal_control::{
 use super::command::{check_required, Command};
 use super::error::CliError;
 use super::flags::Parsed;
-use kamal_control::quote::quote;
 use crate::run::RunConfig;
+use kamal_control::quote::quote;
 
 /// `deploy`: pre-run checks (§2.3 steps 1–4), then required flags and flag groups, then the
 /// staging ACME directory.
