@@ -18,6 +18,7 @@ pub mod error_pages;
 pub mod http3;
 pub mod logging;
 pub mod metrics;
+pub mod on_demand;
 pub mod pages;
 pub mod redirect;
 pub mod rescue;

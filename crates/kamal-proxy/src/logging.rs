@@ -6,10 +6,11 @@
 //! fields). A field named `json.<key>` carries pre-rendered JSON (lists such as `targets`),
 //! written raw under `<key>`.
 //!
-//! The runtime's worker threads buffer their lines and write them in batches: when a buffer
-//! passes 32 KiB, when the worker goes idle, and when it stops. Under load that is one
-//! `write(2)` per few hundred requests instead of one each, with no lock shared between
-//! requests; when the proxy is quiet every line is written at once.
+//! The runtime's worker threads buffer their access-log lines and write them in batches: when
+//! a buffer passes 32 KiB, when the worker goes idle, and when it stops. Other events are
+//! written at once. Under load that is one `write(2)` per few hundred requests instead of one
+//! each, with no lock shared between requests; when the proxy is quiet every line is written
+//! at once.
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
@@ -114,9 +115,11 @@ impl std::io::Write for LineWriter {
 impl Drop for LineWriter {
     fn drop(&mut self) {
         if !self.0.is_empty() {
-            // tracing-subscriber formats into `str`s, so this is always UTF-8.
-            let line = String::from_utf8_lossy(&self.0);
-            write_with(|buf| buf.push_str(&line));
+            // Events (deploys, health, errors) are rare and callers rely on them being out
+            // when a command returns, so they are written at once, after the access-log lines
+            // this thread buffered before them.
+            flush_thread();
+            write_out(&self.0);
         }
     }
 }

@@ -536,6 +536,80 @@ async fn on_demand_tls_issues_for_approved_hosts_and_rate_limits_denied_ones() {
         "denials are remembered"
     );
     assert_eq!(pebble.orders(), 1);
-    let log = server.log();
+    let log = wait_for_log(&server, "TLS on-demand check denied host").await;
     assert!(log.contains("TLS on-demand check denied host"), "{log}");
+}
+
+/// The path form of `--tls-on-demand-url` asks the service's own application (spec §10.6.2
+/// step 4): `GET <path>?host=<name>` with `Host: <name>` reaches the target; 200 approves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_demand_path_form_asks_the_service_itself() {
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(http, https);
+    let server = Server::start(
+        tempfile::tempdir().unwrap(),
+        http,
+        https,
+        vec![(
+            "SSL_CERT_FILE".into(),
+            pebble.api_ca_file().to_string_lossy().into_owned(),
+        )],
+    );
+    let app = Upstream::start("app");
+    server.deploy(&[
+        "pf",
+        "--target",
+        &app.address(),
+        "--tls",
+        "--tls-on-demand-url=/status?code=200",
+        "--tls-acme-directory",
+        &pebble.directory_url(),
+    ]);
+    let addr: SocketAddr = ([127, 0, 0, 1], https).into();
+    let roots = Verify::Roots(Arc::new(pebble.issuing_root().await.unwrap()));
+    let reply = https_get(addr, Some("ok.pf.test"), "ok.pf.test", "/", roots, H2_H1)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", server.log()));
+    assert_eq!(reply.status, 200);
+    let asked = app
+        .app_request_log()
+        .into_iter()
+        .find(|r| r.path() == "/status")
+        .expect("the check reached the application");
+    assert_eq!(asked.uri, "/status?code=200&host=ok.pf.test");
+    assert_eq!(
+        asked.headers.get("host").and_then(|h| h.to_str().ok()),
+        Some("ok.pf.test")
+    );
+    assert_eq!(pebble.orders(), 1);
+
+    // The same service answering 403: the host is refused and nothing is ordered.
+    server.deploy(&[
+        "pf",
+        "--target",
+        &app.address(),
+        "--tls",
+        "--tls-on-demand-url=/status?code=403",
+        "--tls-acme-directory",
+        &pebble.directory_url(),
+    ]);
+    assert!(handshake(addr, Some("no.pf.test"), Verify::Nothing, H2_H1)
+        .await
+        .is_err());
+    assert_eq!(pebble.orders(), 1);
+    let log = wait_for_log(&server, "TLS on-demand check denied host").await;
+    assert!(log.contains("TLS on-demand check denied host"), "{log}");
+}
+
+/// The server's log once it contains `needle` (log lines reach stdout asynchronously), or as
+/// it stands after five seconds.
+async fn wait_for_log(server: &Server, needle: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let log = server.log();
+        if log.contains(needle) || std::time::Instant::now() >= deadline {
+            return log;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
