@@ -236,7 +236,7 @@ impl App {
     }
 
     /// The service called `name`, if deployed.
-    fn service(&self, name: &str) -> Option<Arc<Service>> {
+    pub(crate) fn service(&self, name: &str) -> Option<Arc<Service>> {
         self.registry().get(name).cloned()
     }
 

@@ -50,6 +50,8 @@ async fn serve_until_signal(config: RunConfig) -> Result<(), String> {
     let metrics = (config.metrics_port != 0).then(Metrics::new);
     let app = App::with_metrics(kamal_control::paths::state_file_path(&env), metrics.clone());
     let tls = Arc::clone(app.tls());
+    // Path-form on-demand TLS checks are asked through the app's own services.
+    crate::on_demand::install(&app);
     app.restore();
 
     let metrics_listener = match &metrics {
