@@ -47,12 +47,16 @@ pub enum Scenario {
     IdleConnections,
     /// Keep-alive load through kamal-proxy while it is redeployed repeatedly.
     DeployUnderLoad,
+    /// The keep-alive load through a second kamal-proxy that also serves `--metrics-port`:
+    /// what the metrics cost, against the keep-alive kamal-proxy of the same rounds.
+    Metrics,
 }
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Scenario; 6] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::KeepAlive,
+        Scenario::Metrics,
         Scenario::ConnPerRequest,
         Scenario::LargeResponse,
         Scenario::LargeUpload,
@@ -75,12 +79,13 @@ impl Scenario {
             Scenario::LargeUpload => "1mib-upload",
             Scenario::IdleConnections => "idle-connections",
             Scenario::DeployUnderLoad => "deploy-under-load",
+            Scenario::Metrics => "keep-alive-metrics",
         }
     }
 
     fn connections(self) -> u32 {
         match self {
-            Scenario::KeepAlive | Scenario::DeployUnderLoad => 64,
+            Scenario::KeepAlive | Scenario::DeployUnderLoad | Scenario::Metrics => 64,
             Scenario::IdleConnections => IDLE_CONNECTIONS as u32,
             _ => 16,
         }
@@ -371,6 +376,20 @@ pub fn run(options: &Options) -> Result<(), String> {
         proxy_core,
     )?;
     kamal.deploy("bench", &["--target", &target])?;
+    // The same proxy with metrics on, only for the metrics scenario.
+    let metered = if options.scenarios.contains(&Scenario::Metrics) {
+        let metrics_port = procs::free_port()?.to_string();
+        let metered = Kamal::start_with(
+            &release.join("kamal-proxy"),
+            &work.0.join("kamal-metrics"),
+            proxy_core,
+            &["--metrics-port", &metrics_port],
+        )?;
+        metered.deploy("bench", &["--target", &target])?;
+        Some(metered)
+    } else {
+        None
+    };
     let mut notes = Vec::new();
     let upload_deployed = !options.scenarios.contains(&Scenario::LargeUpload)
         || match kamal.deploy(
@@ -413,6 +432,16 @@ pub fn run(options: &Options) -> Result<(), String> {
         let mut list = Vec::new();
         match scenario {
             Scenario::DeployUnderLoad => return list,
+            Scenario::Metrics => {
+                if let Some(metered) = &metered {
+                    list.push(Setup {
+                        kind: Kind::Kamal,
+                        port: metered.http_port,
+                        pids: metered.process.pids(),
+                    });
+                }
+                return list;
+            }
             // Only proxies hold client connections worth measuring.
             Scenario::IdleConnections => {}
             _ => list.push(Setup {
@@ -475,7 +504,7 @@ pub fn run(options: &Options) -> Result<(), String> {
                 scenario.name()
             );
             let sample = lab.measure(scenario, &setup, WARM_UP)?;
-            if setup.kind == Kind::Kamal {
+            if setup.kind == Kind::Kamal && scenario != Scenario::Metrics {
                 kamal_requests += sample.requests;
             }
         }
@@ -495,7 +524,7 @@ pub fn run(options: &Options) -> Result<(), String> {
                     report::latency(sample.p99_us),
                     sample.errors
                 );
-                if setup.kind == Kind::Kamal {
+                if setup.kind == Kind::Kamal && scenario != Scenario::Metrics {
                     kamal_requests += sample.requests;
                 }
                 samples.push((scenario, setup.kind, sample));
@@ -521,6 +550,18 @@ pub fn run(options: &Options) -> Result<(), String> {
         };
         match scenario {
             Scenario::IdleConnections => continue,
+            Scenario::Metrics => {
+                result.kamal = summary(scenario, Kind::Kamal);
+                let plain = summary(Scenario::KeepAlive, Kind::Kamal);
+                result.note = match (result.kamal, plain) {
+                    (Some(m), Some(p)) => format!(
+                        "With --metrics-port: {} the req/s and {} the CPU per request of the same proxy without it (keep-alive rows).",
+                        report::ratio(Some(m.rps), Some(p.rps)),
+                        report::ratio(m.cpu_us_per_request, p.cpu_us_per_request)
+                    ),
+                    _ => "Run with keep-alive to compare.".into(),
+                };
+            }
             Scenario::DeployUnderLoad => {
                 let steady = summary(Scenario::KeepAlive, Kind::Kamal).map(|s| s.rps);
                 let (sample, note) = deploy_under_load(&lab, &kamal, &upstream, &release, options)?;

@@ -72,6 +72,16 @@ impl Kamal {
     /// socket under `dir`, and waits for `Server started`. Its stdout is read through a pipe
     /// and thrown away, as a container runtime's log driver would read it.
     pub fn start(bin: &Path, dir: &Path, core: Option<&str>) -> Result<Kamal, String> {
+        Self::start_with(bin, dir, core, &[])
+    }
+
+    /// Like [`Kamal::start`], with extra `run` arguments (e.g. `--metrics-port`).
+    pub fn start_with(
+        bin: &Path,
+        dir: &Path,
+        core: Option<&str>,
+        extra: &[&str],
+    ) -> Result<Kamal, String> {
         for sub in ["home", "tmp"] {
             std::fs::create_dir_all(dir.join(sub))
                 .map_err(|e| format!("cannot create {}: {e}", dir.join(sub).display()))?;
@@ -82,6 +92,7 @@ impl Kamal {
         environment(&mut command, dir);
         let child = command
             .args(["run", "--http-port", "0", "--https-port", "0"])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr)
