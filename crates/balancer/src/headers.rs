@@ -172,8 +172,31 @@ fn forwarded_for(headers: &HeaderMap, info: &RequestInfo<'_>) -> HeaderValue {
             buf.put_slice(b", ");
         }
     }
-    let _ = write!((&mut buf).writer(), "{ip}");
+    put_ip(&mut buf, ip);
     to_value(buf.freeze())
+}
+
+/// Writes an IP address as `Display` does; IPv4 (the common case) without the formatter.
+fn put_ip(buf: &mut BytesMut, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf.put_u8(b'.');
+                }
+                if octet >= 100 {
+                    buf.put_u8(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    buf.put_u8(b'0' + octet / 10 % 10);
+                }
+                buf.put_u8(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(buf.writer(), "{v6}");
+        }
+    }
 }
 
 /// The first incoming value of `name` when client values are trusted and it is non-empty.
@@ -331,6 +354,16 @@ mod tests {
     }
 
     // §7.3 table, row X-Forwarded-Host.
+    #[test]
+    fn ip_addresses_are_written_as_display_writes_them() {
+        for ip in ["0.0.0.0", "1.2.3.4", "10.100.9.255", "127.0.0.1", "::1", "2001:db8::2"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            let mut buf = BytesMut::new();
+            put_ip(&mut buf, ip);
+            assert_eq!(&buf[..], ip.to_string().as_bytes());
+        }
+    }
+
     #[test]
     fn xfh_untrusted_is_host_with_port() {
         let h = rewrite(

@@ -26,3 +26,4 @@ pub use pause::{Admission, PauseController, PauseSnapshot, PauseState};
 pub use pool::{Claim, Pool, TargetInfo};
 pub use rollout::RolloutSplit;
 pub use target::{Target, TargetAddr, TargetState};
+pub use upgrade::TunnelClosed;

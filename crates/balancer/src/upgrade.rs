@@ -7,6 +7,8 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
+use tokio::sync::watch;
+
 use crate::body::ProxyBody;
 use crate::forward_error::ForwardError;
 use crate::headers;
@@ -42,13 +44,30 @@ pub(crate) fn tunnel(
     };
     let upstream = hyper::upgrade::on(&mut response);
     lease.mark_upgraded();
-    tokio::spawn(splice(client, upstream, lease));
-    Ok(response.map(|_| ProxyBody::empty()))
+    let (closed, on_close) = watch::channel(false);
+    tokio::spawn(splice(client, upstream, lease, closed));
+    let mut response = response.map(|_| ProxyBody::empty());
+    response.extensions_mut().insert(TunnelClosed(on_close));
+    Ok(response)
+}
+
+/// Found in the extensions of a `101` response from [`Forwarder::forward`](crate::Forwarder):
+/// resolves when the tunnel behind it has closed (the request is only over then, e.g. for
+/// its access-log line).
+#[derive(Debug, Clone)]
+pub struct TunnelClosed(watch::Receiver<bool>);
+
+impl TunnelClosed {
+    /// Waits until the tunnel has closed.
+    pub async fn wait(mut self) {
+        // Marked closed, or the sender dropped: either way the tunnel task has finished.
+        let _ = self.0.wait_for(|closed| *closed).await;
+    }
 }
 
 /// Copies bytes both ways until both sides have closed (half-closes are passed on), either
 /// side fails, or a drain cancels the lease.
-async fn splice(client: OnUpgrade, upstream: OnUpgrade, lease: Lease) {
+async fn splice(client: OnUpgrade, upstream: OnUpgrade, lease: Lease, closed: watch::Sender<bool>) {
     let tunnel = async {
         let (client, upstream) = tokio::try_join!(client, upstream)?;
         let mut client = TokioIo::new(client);
@@ -68,4 +87,5 @@ async fn splice(client: OnUpgrade, upstream: OnUpgrade, lease: Lease) {
     }
     // Dropping the halves closes both connections; dropping the lease ends the request.
     drop(lease);
+    let _ = closed.send(true);
 }

@@ -4,7 +4,6 @@
 //! body; the line is written when it is dropped, i.e. when the body has been sent, the stream
 //! was aborted, or the client went away first (then the status is 499).
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,7 +12,7 @@ use http::header::{CONTENT_TYPE, HOST, USER_AGENT};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use percent_encoding::percent_decode_str;
 
-use crate::logging::{line_start, push_json_str, write_with};
+use crate::logging::{line_start, push_i64, push_ip, push_json_str, push_u64, write_with};
 use crate::metrics::ServiceMetrics;
 
 /// Status recorded when the client disappears before the response started (nginx's 499).
@@ -174,7 +173,7 @@ impl AccessLog {
     }
 
     /// Appends the log line to `out` (a worker's log buffer: no allocation per request).
-    fn render_into(&self, out: &mut String, duration: std::time::Duration) {
+    pub fn render_into(&self, out: &mut String, duration: std::time::Duration) {
         line_start(out, "INFO", "Request");
         let host = value_str(&self.host);
         // HTTP/2 requests carry the host in the URI authority, not in a Host header.
@@ -184,29 +183,37 @@ impl AccessLog {
             host
         };
         str_field(out, "host", host);
-        let _ = write!(out, ",\"port\":{}", self.conn.port);
+        out.push_str(",\"port\":");
+        push_u64(out, self.conn.port.into());
         let path = self.uri.path();
         str_field(out, "path", &percent_decode_str(path).decode_utf8_lossy());
         str_field(out, "request_id", value_str(&self.request_id));
-        let _ = write!(out, ",\"status\":{}", self.status);
+        out.push_str(",\"status\":");
+        push_u64(out, self.status.into());
         str_field(out, "service", self.service.as_deref().unwrap_or(""));
         str_field(out, "target", value_str(&self.target));
-        let _ = write!(out, ",\"duration\":{}", duration.as_nanos());
+        out.push_str(",\"duration\":");
+        // Over u64 nanoseconds is over 584 years.
+        push_u64(out, u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
         str_field(out, "method", self.method.as_str());
-        let _ = write!(out, ",\"req_content_length\":{}", self.req_content_length);
+        out.push_str(",\"req_content_length\":");
+        push_i64(out, self.req_content_length);
         str_field(out, "req_content_type", value_str(&self.req_content_type));
-        let _ = write!(out, ",\"resp_content_length\":{}", self.resp_content_length);
+        out.push_str(",\"resp_content_length\":");
+        push_u64(out, self.resp_content_length);
         str_field(out, "resp_content_type", value_str(&self.resp_content_type));
         // IP addresses and ports need no JSON escaping: written straight into the line.
         let ip = self.conn.peer.ip();
-        let _ = write!(
-            out,
-            ",\"client_addr\":\"{ip}\",\"client_port\":\"{}\"",
-            self.conn.peer.port()
-        );
+        out.push_str(",\"client_addr\":\"");
+        push_ip(out, ip);
+        out.push_str("\",\"client_port\":\"");
+        push_u64(out, self.conn.peer.port().into());
+        out.push('"');
         let remote = value_str(&self.remote_addr);
         if remote.is_empty() {
-            let _ = write!(out, ",\"remote_addr\":\"{ip}\"");
+            out.push_str(",\"remote_addr\":\"");
+            push_ip(out, ip);
+            out.push('"');
         } else {
             str_field(out, "remote_addr", remote);
         }

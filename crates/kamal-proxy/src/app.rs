@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use kamal_balancer::{Forwarder, HealthConfig, Pool, RolloutSplit, TargetAddr};
 use kamal_buffer::MaybeBuffered;
 use kamal_control::{
@@ -586,7 +586,8 @@ impl HttpHandler for App {
     ) -> Response<ResponseBody> {
         let start = Instant::now();
         stamp_request(&mut req);
-        let mut log = AccessLog::begin(&req, conn, start);
+        // Boxed once here, so neither this future nor the response body carries it inline.
+        let mut log = Box::new(AccessLog::begin(&req, conn, start));
         // ACME HTTP-01 challenges are answered before routing (spec §10.4).
         let resp = match self.tls.http01(&req) {
             Some(answer) => {
@@ -596,27 +597,51 @@ impl HttpHandler for App {
             None => self.dispatch(req, conn, &mut log).await,
         };
         log.set_response(&resp);
+        let mut resp = resp;
+        if let Some(closed) = resp
+            .extensions_mut()
+            .remove::<kamal_balancer::TunnelClosed>()
+        {
+            // An upgraded connection's request ends when its tunnel closes (spec §11.2).
+            tokio::spawn(async move {
+                closed.wait().await;
+                drop(log);
+            });
+            return resp;
+        }
         resp.map(|body| body.with_log(log))
     }
 }
 
-/// `X-Request-Start` and `X-Request-ID`, unless the client sent non-empty ones (spec §7.1).
-fn stamp_request<B>(req: &mut Request<B>) {
+/// `X-Request-Start`: when the proxy received the request, as `t=<unix milliseconds>`.
+const X_REQUEST_START: HeaderName = HeaderName::from_static("x-request-start");
+/// `X-Request-ID`: a UUID identifying the request in logs, unless the client sent one.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Sets `X-Request-Start` and `X-Request-ID`, unless the client sent non-empty ones (spec
+/// §7.1). Both values are formatted on the stack; each header costs one copy into the map.
+pub fn stamp_request<B>(req: &mut Request<B>) {
     let headers = req.headers_mut();
-    if headers.get("x-request-start").is_none_or(|v| v.is_empty()) {
+    if headers.get(&X_REQUEST_START).is_none_or(|v| v.is_empty()) {
         let ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis();
-        if let Ok(v) = HeaderValue::from_str(&format!("t={ms}")) {
-            headers.insert("x-request-start", v);
+        // `t=` and at most 39 digits.
+        let mut buf = [0u8; 48];
+        let mut rest = &mut buf[..];
+        if std::io::Write::write_fmt(&mut rest, format_args!("t={ms}")).is_ok() {
+            let len = 48 - rest.len();
+            if let Ok(v) = HeaderValue::from_bytes(&buf[..len]) {
+                headers.insert(X_REQUEST_START, v);
+            }
         }
     }
-    if headers.get("x-request-id").is_none_or(|v| v.is_empty()) {
+    if headers.get(&X_REQUEST_ID).is_none_or(|v| v.is_empty()) {
         let mut buf = uuid::Uuid::encode_buffer();
         let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
         if let Ok(v) = HeaderValue::from_str(id) {
-            headers.insert("x-request-id", v);
+            headers.insert(X_REQUEST_ID, v);
         }
     }
 }

@@ -30,7 +30,8 @@ pin_project! {
     pub struct ResponseBody {
         #[pin]
         kind: Kind,
-        log: Option<AccessLog>,
+        // Boxed: the response is moved through several layers, and the entry is large.
+        log: Option<Box<AccessLog>>,
     }
 }
 
@@ -59,7 +60,7 @@ impl ResponseBody {
     }
 
     /// Attaches the access log entry, written when this body ends or is dropped.
-    pub fn with_log(mut self, log: AccessLog) -> Self {
+    pub fn with_log(mut self, log: Box<AccessLog>) -> Self {
         self.log = Some(log);
         self
     }

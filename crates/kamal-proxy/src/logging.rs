@@ -229,16 +229,63 @@ impl Visit for FieldVisitor {
     }
 }
 
+/// Whether any byte of `bytes` must be escaped in a JSON string: a control character, `"`,
+/// `\\`, or 0xE2, the lead byte of U+2028/U+2029 (checked exactly by the slow path). Written
+/// without an early exit so that the compiler vectorises it: log values are short.
+fn needs_escaping(bytes: &[u8]) -> bool {
+    bytes.iter().fold(false, |found, &b| {
+        found | (b < 0x20) | (b == b'"') | (b == b'\\') | (b == 0xE2)
+    })
+}
+
+/// Appends an unsigned integer in decimal, without the formatting machinery.
+pub fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or("0"));
+}
+
+/// Appends a signed integer in decimal.
+pub fn push_i64(out: &mut String, n: i64) {
+    if n < 0 {
+        out.push('-');
+    }
+    push_u64(out, n.unsigned_abs());
+}
+
+/// Appends an IP address as Go prints it (dotted quad for IPv4, RFC 5952 for IPv6).
+pub fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            push_u64(out, a.into());
+            for octet in [b, c, d] {
+                out.push('.');
+                push_u64(out, octet.into());
+            }
+        }
+        std::net::IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
 /// Appends `s` as a JSON string. Unlike many encoders, `<`, `>` and `&` stay literal (as Go's
 /// slog writes them); U+2028 and U+2029 are escaped.
 pub fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
     // Fast path: most values (hosts, paths, ids) need no escaping at all. 0xE2 starts the
     // UTF-8 encoding of U+2028/U+2029.
-    if !s
-        .bytes()
-        .any(|b| b < 0x20 || b == b'"' || b == b'\\' || b == 0xE2)
-    {
+    if !needs_escaping(s.as_bytes()) {
         out.push_str(s);
         out.push('"');
         return;
@@ -285,26 +332,43 @@ pub fn json_list<S: AsRef<str>>(items: &[S]) -> String {
 /// Appends `t` in RFC 3339 UTC with up to nine fractional digits, trailing zeros trimmed (Go's
 /// `time.RFC3339Nano`).
 pub fn push_time(out: &mut String, t: SystemTime) {
+    thread_local! {
+        /// The seconds part of the last time written on this thread, formatted: log lines
+        /// come many to a second, so the calendar arithmetic runs about once a second.
+        static SECOND: RefCell<(i64, String)> = const { RefCell::new((i64::MIN, String::new())) };
+    }
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs() as i64;
     let nanos = since.subsec_nanos();
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let (year, month, day) = civil_from_days(days);
-    let _ = write!(
-        out,
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    );
-    if nanos != 0 {
-        let mut frac = format!("{nanos:09}");
-        while frac.ends_with('0') {
-            frac.pop();
+    SECOND.with(|second| {
+        let mut second = second.borrow_mut();
+        if second.0 != secs {
+            let days = secs.div_euclid(86_400);
+            let rem = secs.rem_euclid(86_400);
+            let (year, month, day) = civil_from_days(days);
+            second.1.clear();
+            let _ = write!(
+                second.1,
+                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+                rem / 3600,
+                rem % 3600 / 60,
+                rem % 60
+            );
+            second.0 = secs;
         }
+        out.push_str(&second.1);
+    });
+    if nanos != 0 {
+        // Nine digits on the stack, trailing zeros trimmed.
+        let mut digits = [b'0'; 9];
+        let mut n = nanos;
+        for d in digits.iter_mut().rev() {
+            *d = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        let len = 9 - digits.iter().rev().take_while(|d| **d == b'0').count();
         out.push('.');
-        out.push_str(&frac);
+        out.extend(digits[..len].iter().map(|d| char::from(*d)));
     }
     out.push('Z');
 }
@@ -339,6 +403,52 @@ mod tests {
         let mut s = String::new();
         push_time(&mut s, UNIX_EPOCH + Duration::from_secs(951_782_400)); // leap day 2000
         assert_eq!(s, "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn numbers_and_addresses_print_like_display() {
+        for n in [0, 7, 10, 499, 65_535, u64::MAX] {
+            let mut s = String::new();
+            push_u64(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
+        for n in [-1, 0, 1_048_576, i64::MIN, i64::MAX] {
+            let mut s = String::new();
+            push_i64(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
+        for ip in ["127.0.0.1", "0.0.0.0", "255.255.255.255", "::1", "2001:db8::7"] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            let mut s = String::new();
+            push_ip(&mut s, ip);
+            assert_eq!(s, ip.to_string());
+        }
+    }
+
+    #[test]
+    fn escaping_is_detected_anywhere_in_a_value() {
+        assert!(!needs_escaping(b"GET /products/42 Mozilla/5.0 <&>"));
+        for special in [b'"', b'\\', b'\n', 0x01, 0x1f, 0xE2] {
+            let mut value = vec![b'a'; 40];
+            value[33] = special;
+            assert!(needs_escaping(&value), "{special:#x}");
+        }
+        let mut s = String::new();
+        push_json_str(&mut s, "a\u{2028}b\u{2029}\"\\\t\u{1}é");
+        assert_eq!(s, r#""a\u2028b\u2029\"\\\t\u0001é""#);
+    }
+
+    #[test]
+    fn cached_second_is_replaced_when_the_second_changes() {
+        let at = |secs, nanos| {
+            let mut s = String::new();
+            push_time(&mut s, UNIX_EPOCH + Duration::new(secs, nanos));
+            s
+        };
+        assert_eq!(at(1_795_710_827, 5), "2026-11-26T16:33:47.000000005Z");
+        assert_eq!(at(1_795_710_827, 100_000_000), "2026-11-26T16:33:47.1Z");
+        assert_eq!(at(1_795_710_828, 0), "2026-11-26T16:33:48Z");
+        assert_eq!(at(0, 999_999_999), "1970-01-01T00:00:00.999999999Z");
     }
 
     #[test]

@@ -30,17 +30,34 @@ pub struct RunConfig {
 
 /// Runs the server until SIGTERM or SIGINT. The error is printed by the CLI as `Error: <error>`.
 pub fn run(config: RunConfig) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        // Workers batch their log lines and write them whenever they go idle or stop.
-        .on_thread_park(crate::logging::worker_idle)
-        .on_thread_stop(crate::logging::flush_thread)
+    let parallelism = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = runtime_builder(parallelism)
         .build()
         .map_err(|e| format!("unable to start the runtime: {e}"))?;
     let result = runtime.block_on(serve_until_signal(config));
     // Dropping the runtime stops its workers, which write their last buffered log lines.
     drop(runtime);
+    // With one core the calling thread was the worker; it has no stop hook.
+    crate::logging::flush_thread();
     result
+}
+
+/// The runtime for `parallelism` usable cores. On one core (a container limited to one CPU,
+/// or a pinned process) a single-threaded scheduler does the same work without the cross-thread
+/// wake-ups and atomics of the work-stealing one; with more cores the work-stealing one
+/// spreads connections over them.
+fn runtime_builder(parallelism: usize) -> tokio::runtime::Builder {
+    let mut builder = if parallelism <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder
+        .enable_all()
+        // Workers batch their log lines and write them whenever they go idle or stop.
+        .on_thread_park(crate::logging::worker_idle)
+        .on_thread_stop(crate::logging::flush_thread);
+    builder
 }
 
 async fn serve_until_signal(config: RunConfig) -> Result<(), String> {
@@ -188,5 +205,32 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::runtime::RuntimeFlavor;
+
+    #[test]
+    fn one_core_gets_the_single_threaded_scheduler() {
+        for (parallelism, flavor) in [
+            (1, RuntimeFlavor::CurrentThread),
+            (2, RuntimeFlavor::MultiThread),
+        ] {
+            let runtime = runtime_builder(parallelism).build().unwrap();
+            let (seen, spawned) = runtime.block_on(async {
+                let seen = tokio::runtime::Handle::current().runtime_flavor();
+                // Spawned tasks and timers run on either flavour.
+                let spawned = tokio::spawn(async {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                    7
+                });
+                (seen, spawned.await.unwrap())
+            });
+            assert_eq!(seen, flavor);
+            assert_eq!(spawned, 7);
+        }
     }
 }

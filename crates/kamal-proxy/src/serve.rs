@@ -5,7 +5,9 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_util::FutureExt as _;
@@ -14,7 +16,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -168,7 +170,98 @@ fn serve_connection<H: HttpHandler>(
     graceful: &GracefulShutdown,
 ) {
     let _ = stream.set_nodelay(true);
-    serve_io(stream, conn, handler, builder, graceful, None);
+    serve_io(ReadAhead::new(stream), conn, handler, builder, graceful, None);
+}
+
+/// Size of the first read on a plain-HTTP connection: enough for a typical request head.
+const FIRST_READ: usize = 4096;
+
+/// A connection whose first read asks the socket for up to [`FIRST_READ`] bytes and hands them
+/// out from memory.
+///
+/// hyper-util's protocol detection reads the first 24 bytes alone (to tell an HTTP/2 preface
+/// from an HTTP/1.1 request), which would cost every connection one extra `read(2)`: reading
+/// ahead turns the detection read and hyper's first read of the head into one system call.
+struct ReadAhead<IO> {
+    io: IO,
+    /// Bytes read from the socket but not yet handed out, from `pos` on; `None` once drained.
+    ahead: Option<(Box<[u8]>, usize, usize)>,
+    /// Whether the first read has happened.
+    started: bool,
+}
+
+impl<IO> ReadAhead<IO> {
+    fn new(io: IO) -> Self {
+        Self {
+            io,
+            ahead: None,
+            started: false,
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for ReadAhead<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if let Some((data, pos, end)) = &mut this.ahead {
+            let n = buf.remaining().min(*end - *pos);
+            buf.put_slice(&data[*pos..*pos + n]);
+            *pos += n;
+            if *pos == *end {
+                this.ahead = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if this.started || buf.remaining() >= FIRST_READ {
+            this.started = true;
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let mut data = vec![0; FIRST_READ].into_boxed_slice();
+        let mut first = ReadBuf::new(&mut data);
+        std::task::ready!(Pin::new(&mut this.io).poll_read(cx, &mut first))?;
+        this.started = true;
+        let end = first.filled().len();
+        let n = buf.remaining().min(end);
+        buf.put_slice(&data[..n]);
+        if n < end {
+            this.ahead = Some((data, n, end));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for ReadAhead<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 /// Serves HTTP/1.1 and HTTP/2 on an established byte stream (plain TCP or TLS).
@@ -188,7 +281,10 @@ fn serve_io<H, IO>(
         let alt_svc = alt_svc.clone();
         async move {
             // A bug in one request must not take the connection task (or the process) down.
-            let mut response = AssertUnwindSafe(handler.call(req.map(RequestBody::Http), conn))
+            // Boxed: the request's future is large, and hyper moves the service's future
+            // into its connection state; a pointer moves cheaply.
+            let call = Box::pin(handler.call(req.map(RequestBody::Http), conn));
+            let mut response = AssertUnwindSafe(call)
                 .catch_unwind()
                 .await
                 .unwrap_or_else(|_| {
@@ -303,6 +399,41 @@ mod tests {
         );
         let p: SocketAddr = "[::1]:80".parse().unwrap();
         assert_eq!(canonical_peer(p), p);
+    }
+
+    #[tokio::test]
+    async fn read_ahead_serves_the_first_read_from_one_larger_read() {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut server = ReadAhead::new(server);
+        let head = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n";
+        client.write_all(head).await.unwrap();
+        // The protocol sniffer's small read, then the rest from memory: nothing else was sent.
+        let mut sniff = [0u8; 24];
+        server.read_exact(&mut sniff).await.unwrap();
+        assert_eq!(&sniff[..], &head[..24]);
+        let mut rest = vec![0u8; 8192];
+        let n = server.read(&mut rest).await.unwrap();
+        assert_eq!(&rest[..n], &head[24..]);
+        assert!(server.ahead.is_none());
+        // Later reads go straight to the connection, and writes always do.
+        client.write_all(b"more").await.unwrap();
+        let n = server.read(&mut rest).await.unwrap();
+        assert_eq!(&rest[..n], b"more");
+        server.write_all(b"reply").await.unwrap();
+        let mut reply = [0u8; 5];
+        client.read_exact(&mut reply).await.unwrap();
+        assert_eq!(&reply, b"reply");
+    }
+
+    #[tokio::test]
+    async fn read_ahead_reports_end_of_stream() {
+        use tokio::io::AsyncReadExt as _;
+        let (client, server) = tokio::io::duplex(1024);
+        drop(client);
+        let mut server = ReadAhead::new(server);
+        let mut sniff = [0u8; 24];
+        assert_eq!(server.read(&mut sniff).await.unwrap(), 0);
     }
 
     #[test]

@@ -172,21 +172,28 @@ impl Service {
         if let Some(resp) = redirect::redirect(&req, authority, conn.tls, &settings.options) {
             return resp;
         }
+        // The paused and buffering paths are boxed: inline, their large futures would make
+        // this one (which every request moves into place) large too.
         if !self.pause.is_running() {
-            if let Some(resp) = self.held(&req, prefix, &settings).await {
+            if let Some(resp) = Box::pin(self.held(&req, prefix, &settings)).await {
                 return resp;
             }
         }
         // The whole body is read before a target is chosen, so a slow client never holds one.
         let req = match &settings.buffering.requests {
-            Some(limits) => match buffering::buffer_request(req, limits).await {
+            Some(limits) => match Box::pin(buffering::buffer_request(req, limits)).await {
                 Ok(req) => req,
                 Err(status) => return settings.page(status, None),
             },
             None => req.map(MaybeBuffered::streaming),
         };
         // Only a reference-count bump: the path is needed for log lines after forwarding.
-        let uri = req.uri().clone();
+        // Only response buffering needs the path after the request has been sent.
+        let uri = settings
+            .buffering
+            .responses
+            .is_some()
+            .then(|| req.uri().clone());
 
         // Scoping needs the host after the request has been handed to the forwarder.
         let cookie_scope = (settings.target_options.scope_cookie_paths
@@ -214,7 +221,7 @@ impl Service {
             // Paused between the gate and the claim (the targets are draining): wait in the
             // gate like the requests behind this one, then try once more.
             Err(_) if !self.pause.is_running() => {
-                if let Some(resp) = self.held(&req, prefix, &settings).await {
+                if let Some(resp) = Box::pin(self.held(&req, prefix, &settings)).await {
                     return resp;
                 }
                 match pool.claim(to_readers) {
@@ -251,7 +258,8 @@ impl Service {
             Ok(resp) => {
                 let mut resp = match &settings.buffering.responses {
                     Some(limits) => {
-                        match buffering::buffer_response(resp, limits, uri.path()).await {
+                        let path = uri.as_ref().map_or("/", |u| u.path());
+                        match Box::pin(buffering::buffer_response(resp, limits, path)).await {
                             Ok(resp) => resp,
                             Err(status) => return settings.page(status, None),
                         }

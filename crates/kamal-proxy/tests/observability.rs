@@ -275,3 +275,42 @@ async fn sigterm_lets_in_flight_requests_finish() {
     let logs = proxy.log_json();
     assert!(logs.iter().any(|v| v["msg"] == "Server stopped"));
 }
+
+/// An upgraded connection is one request that lasts as long as its tunnel: its access-log
+/// line (status 101) is written when the tunnel closes, with the whole tunnel's duration.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_is_logged_when_its_tunnel_closes() {
+    let proxy = start_proxy();
+    let app = Upstream::start("app");
+    proxy.deploy("svc", &["--target", &app.address()]);
+    let mut ws = client::ws_connect(proxy.http_port(), "any.test", "/ws")
+        .await
+        .expect("websocket through the proxy");
+    ws.send_text("hello").await.unwrap();
+    assert_eq!(
+        ws.recv_text(Duration::from_secs(5))
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("hello")
+    );
+    // Open for a while: no line yet.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !request_logs(&proxy).iter().any(|v| v["path"] == "/ws"),
+        "logged before the tunnel closed"
+    );
+    ws.close().await;
+    let line = proxy
+        .wait_for_log(
+            |v| v["msg"] == "Request" && v["path"] == "/ws",
+            Duration::from_secs(5),
+        )
+        .expect("the tunnel's access-log line");
+    assert_eq!(line["status"], 101);
+    assert_eq!(line["service"], "svc");
+    assert!(
+        line["duration"].as_u64().unwrap() >= 300_000_000,
+        "the duration covers the tunnel: {line}"
+    );
+}
