@@ -15,7 +15,10 @@ fn request() -> Request<String> {
     Request::builder()
         .uri("/products/42?page=2")
         .header("host", "app.example.com")
-        .header("user-agent", "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101")
+        .header(
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101",
+        )
         .header("accept", "text/html")
         .body(String::new())
         .expect("a valid request")

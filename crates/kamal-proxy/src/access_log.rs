@@ -222,7 +222,7 @@ impl AccessLog {
         str_field(out, "scheme", if self.conn.tls { "https" } else { "http" });
         str_field(out, "query", self.uri.query().unwrap_or(""));
         for (key, value) in &self.extra {
-            str_field(out, key, value);
+            extra_field(out, key, value);
         }
         out.push_str("}\n");
     }
@@ -283,7 +283,16 @@ fn value_str(v: &Option<HeaderValue>) -> &str {
     v.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
+/// A string field under one of the fixed keys, which need no escaping.
 fn str_field(out: &mut String, key: &str, value: &str) {
+    out.push_str(",\"");
+    out.push_str(key);
+    out.push_str("\":");
+    push_json_str(out, value);
+}
+
+/// A string field under a key derived from a header name given by the operator.
+fn extra_field(out: &mut String, key: &str, value: &str) {
     out.push(',');
     push_json_str(out, key);
     out.push(':');

@@ -240,6 +240,10 @@ fn needs_escaping(bytes: &[u8]) -> bool {
 
 /// Appends an unsigned integer in decimal, without the formatting machinery.
 pub fn push_u64(out: &mut String, mut n: u64) {
+    if n < 10 {
+        out.push(char::from(b'0' + n as u8));
+        return;
+    }
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     loop {
@@ -250,8 +254,7 @@ pub fn push_u64(out: &mut String, mut n: u64) {
             break;
         }
     }
-    // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or("0"));
+    out.extend(digits[at..].iter().map(|d| char::from(*d)));
 }
 
 /// Appends a signed integer in decimal.
@@ -417,7 +420,13 @@ mod tests {
             push_i64(&mut s, n);
             assert_eq!(s, n.to_string());
         }
-        for ip in ["127.0.0.1", "0.0.0.0", "255.255.255.255", "::1", "2001:db8::7"] {
+        for ip in [
+            "127.0.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ] {
             let ip: std::net::IpAddr = ip.parse().unwrap();
             let mut s = String::new();
             push_ip(&mut s, ip);

@@ -170,7 +170,14 @@ fn serve_connection<H: HttpHandler>(
     graceful: &GracefulShutdown,
 ) {
     let _ = stream.set_nodelay(true);
-    serve_io(ReadAhead::new(stream), conn, handler, builder, graceful, None);
+    serve_io(
+        ReadAhead::new(stream),
+        conn,
+        handler,
+        builder,
+        graceful,
+        None,
+    );
 }
 
 /// Size of the first read on a plain-HTTP connection: enough for a typical request head.
