@@ -37,38 +37,8 @@ async fn custom_certificates_are_chosen_by_sni_and_http2_works() {
     let (w_crt, w_key) = w_cert.write(dir.path(), "w");
     let a = Upstream::start("a");
     let w = Upstream::start("w");
-    proxy
-        .deploy_async(
-            "a",
-            &[
-                "--target",
-                &a.address(),
-                "--host",
-                "a.test",
-                "--tls",
-                "--tls-certificate-path",
-                path_str(&a_crt),
-                "--tls-private-key-path",
-                path_str(&a_key),
-            ],
-        )
-        .await;
-    proxy
-        .deploy_async(
-            "w",
-            &[
-                "--target",
-                &w.address(),
-                "--host",
-                "*.w.test",
-                "--tls",
-                "--tls-certificate-path",
-                path_str(&w_crt),
-                "--tls-private-key-path",
-                path_str(&w_key),
-            ],
-        )
-        .await;
+    deploy_with_certificate(&proxy, "a", &a, "a.test", &a_crt, &a_key).await;
+    deploy_with_certificate(&proxy, "w", &w, "*.w.test", &w_crt, &w_key).await;
     let addr = https_addr(&proxy);
     let roots = Verify::Roots(Arc::new(ca.roots()));
 
@@ -138,22 +108,7 @@ async fn a_mismatched_key_fails_the_deploy_and_the_old_service_keeps_serving() {
     let (crt, key) = good.write(dir.path(), "good");
     let (_, other_key) = other.write(dir.path(), "other");
     let a = Upstream::start("a");
-    proxy
-        .deploy_async(
-            "a",
-            &[
-                "--target",
-                &a.address(),
-                "--host",
-                "a.test",
-                "--tls",
-                "--tls-certificate-path",
-                path_str(&crt),
-                "--tls-private-key-path",
-                path_str(&key),
-            ],
-        )
-        .await;
+    deploy_with_certificate(&proxy, "a", &a, "a.test", &crt, &key).await;
     let b = Upstream::start("b");
     let out = proxy
         .cli_async(&[
@@ -244,22 +199,7 @@ async fn bad_handshakes_do_not_disturb_other_clients() {
     let cert = ca.issue(&["a.test"]);
     let (crt, key) = cert.write(dir.path(), "a");
     let a = Upstream::start("a");
-    proxy
-        .deploy_async(
-            "a",
-            &[
-                "--target",
-                &a.address(),
-                "--host",
-                "a.test",
-                "--tls",
-                "--tls-certificate-path",
-                path_str(&crt),
-                "--tls-private-key-path",
-                path_str(&key),
-            ],
-        )
-        .await;
+    deploy_with_certificate(&proxy, "a", &a, "a.test", &crt, &key).await;
     let addr = https_addr(&proxy);
     // Garbage instead of a ClientHello: the proxy closes the connection.
     let mut garbage = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -612,4 +552,31 @@ async fn wait_for_log(server: &Server, needle: &str) -> String {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// Deploys `service` on `host` with `--tls` and a custom certificate and key.
+async fn deploy_with_certificate(
+    proxy: &Proxy,
+    service: &str,
+    upstream: &Upstream,
+    host: &str,
+    certificate: &std::path::Path,
+    key: &std::path::Path,
+) {
+    proxy
+        .deploy_async(
+            service,
+            &[
+                "--target",
+                &upstream.address(),
+                "--host",
+                host,
+                "--tls",
+                "--tls-certificate-path",
+                path_str(certificate),
+                "--tls-private-key-path",
+                path_str(key),
+            ],
+        )
+        .await;
 }
