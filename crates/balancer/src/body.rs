@@ -11,10 +11,12 @@ use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
+use crate::conns::Conns;
 use crate::forward_error::{BoxError, ClientBodyError, ForwardError};
 use crate::inflight::Lease;
 
@@ -139,13 +141,29 @@ impl DrainWatch {
 /// drain waits for streamed responses. When the drain deadline cancels the request, the body
 /// ends with [`ForwardError::Cancelled`], which makes the server abort the connection (the
 /// headers are already sent, so no error page is possible).
-pub struct ProxyBody {
+///
+/// `B` is the type of the request bodies the forwarder sends: the body also holds the
+/// upstream connection and returns it to the target's idle connections once read to its end.
+pub struct ProxyBody<B> {
     inner: Option<Incoming>,
     lease: Option<Lease>,
     watch: Option<DrainWatch>,
+    conn: Option<Checkin<B>>,
 }
 
-impl std::fmt::Debug for ProxyBody {
+/// A connection in use by a response, and the idle queue it goes back to.
+pub(crate) struct Checkin<B> {
+    pub(crate) sender: SendRequest<RequestBody<B>>,
+    pub(crate) conns: Arc<Conns<RequestBody<B>>>,
+}
+
+impl<B> Checkin<B> {
+    pub(crate) fn put_back(self) {
+        self.conns.put_back(self.sender);
+    }
+}
+
+impl<B> std::fmt::Debug for ProxyBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ProxyBody")
             .field("streaming", &self.inner.is_some())
@@ -154,26 +172,46 @@ impl std::fmt::Debug for ProxyBody {
     }
 }
 
-impl ProxyBody {
+impl<B> ProxyBody<B> {
     /// An empty body holding nothing (upgrade responses, tests).
     pub fn empty() -> Self {
         Self {
             inner: None,
             lease: None,
             watch: None,
+            conn: None,
         }
     }
 
-    pub(crate) fn streaming(inner: Incoming, lease: Lease, watch: DrainWatch) -> Self {
+    pub(crate) fn streaming(
+        inner: Incoming,
+        lease: Lease,
+        watch: DrainWatch,
+        conn: Option<Checkin<B>>,
+    ) -> Self {
         Self {
             inner: Some(inner),
             lease: Some(lease),
             watch: Some(watch),
+            conn,
+        }
+    }
+
+    /// Releases the upstream body and the lease now rather than when the server gets around
+    /// to dropping us; a completely read response frees its connection for the next request.
+    fn finish(&mut self, complete: bool) {
+        self.inner = None;
+        self.watch = None;
+        self.lease = None;
+        if let Some(conn) = self.conn.take() {
+            if complete {
+                conn.put_back();
+            }
         }
     }
 }
 
-impl Body for ProxyBody {
+impl<B> Body for ProxyBody<B> {
     type Data = Bytes;
     type Error = ForwardError;
 
@@ -194,18 +232,20 @@ impl Body for ProxyBody {
         let result = if cancelled {
             Some(Err(ForwardError::Cancelled))
         } else {
-            match Pin::new(inner).poll_frame(cx) {
+            match Pin::new(&mut *inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
-                Poll::Ready(Some(Ok(frame))) => return Poll::Ready(Some(Ok(frame))),
+                Poll::Ready(Some(Ok(frame))) => {
+                    // The server stops polling once `is_end_stream` is true: finish here.
+                    if inner.is_end_stream() {
+                        this.finish(true);
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
                 Poll::Ready(Some(Err(e))) => Some(Err(ForwardError::from_body(e))),
                 Poll::Ready(None) => None,
             }
         };
-        // Finished, failed or cancelled: release the upstream body and the lease now rather
-        // than when the server gets around to dropping us.
-        this.inner = None;
-        this.watch = None;
-        this.lease = None;
+        this.finish(result.is_none());
         Poll::Ready(result)
     }
 
@@ -256,7 +296,7 @@ mod tests {
 
     #[test]
     fn empty_proxy_body_is_at_end() {
-        let body = ProxyBody::empty();
+        let body = ProxyBody::<Full<Bytes>>::empty();
         assert!(body.is_end_stream());
         assert_eq!(body.size_hint().exact(), Some(0));
     }

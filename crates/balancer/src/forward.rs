@@ -1,37 +1,37 @@
-//! Forwarding one request to one target over a pooled HTTP/1.1 client (§4.10, §7.2–§7.7).
+//! Forwarding one request to one target over a keep-alive HTTP/1.1 connection (§4.10,
+//! §7.2–§7.7).
 
 use std::future::poll_fn;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::HOST;
-use http::uri::{self, Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use percent_encoding::percent_decode_str;
 use tokio::sync::oneshot;
 
-use crate::body::{DrainWatch, ProxyBody, RequestBody};
+use crate::body::{Checkin, DrainWatch, ProxyBody, RequestBody};
+use crate::conns::{self, ConnSlot, SendPolicy};
 use crate::forward_error::{BoxError, ForwardError};
 use crate::headers::{self, RequestInfo};
 use crate::inflight::Lease;
 use crate::upgrade;
 
-/// Idle keep-alive connections kept per target (Go's `MaxIdleConnsPerHost` in kamal-proxy).
-const MAX_IDLE_PER_TARGET: usize = 100;
-/// TCP keep-alive probe interval on upstream connections (Go's dialer default).
-const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
-
-/// Where a request goes: a target's address and the label written into `X-Kamal-Target`.
+/// Where a request goes: a target's address, the label written into `X-Kamal-Target`, and
+/// the target's idle keep-alive connections (shared by clones).
 #[derive(Debug, Clone)]
 pub struct ForwardTarget {
     authority: Authority,
+    /// The `Host` sent when the request has none (an HTTP/1.0 request without one).
+    host: HeaderValue,
     label: HeaderValue,
+    conns: Arc<ConnSlot>,
 }
 
 impl ForwardTarget {
@@ -40,7 +40,12 @@ impl ForwardTarget {
         // Every character an authority may hold is allowed in a header value.
         let label = HeaderValue::from_str(authority.as_str())
             .expect("authority characters are valid header value characters");
-        Self { authority, label }
+        Self {
+            authority,
+            host: label.clone(),
+            label,
+            conns: Arc::default(),
+        }
     }
 
     /// Replaces the label written into `X-Kamal-Target` and logs.
@@ -79,19 +84,22 @@ pub struct ForwardContext {
     pub upstream_path: Option<PathAndQuery>,
 }
 
-/// Forwards requests to targets over a shared pool of HTTP/1.1 keep-alive connections.
+/// Forwards requests to targets over their keep-alive connections.
 ///
-/// Cloning is cheap and clones share the pool. Requests whose connection turns out to have
-/// been closed by the target before the request was written are retried on a new connection.
+/// Cloning is cheap; the connections belong to the targets. Requests whose connection turns
+/// out to have been closed by the target before the request was written are retried on
+/// another connection.
 #[derive(Debug)]
 pub struct Forwarder<B> {
-    client: Client<HttpConnector, RequestBody<B>>,
+    policy: SendPolicy,
+    _body: PhantomData<fn(B)>,
 }
 
 impl<B> Clone for Forwarder<B> {
     fn clone(&self) -> Self {
         Self {
-            client: self.client.clone(),
+            policy: self.policy,
+            _body: PhantomData,
         }
     }
 }
@@ -118,17 +126,10 @@ where
     }
 
     fn with_retry(retry_reused: bool) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(TCP_KEEPALIVE));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(MAX_IDLE_PER_TARGET)
-            .pool_idle_timeout(None)
-            // On by default; stated because the behaviour matters: a request that failed on a
-            // reused connection before any of it was written is sent again on a new one.
-            .retry_canceled_requests(retry_reused)
-            .build(connector);
-        Self { client }
+        Self {
+            policy: SendPolicy { retry_reused },
+            _body: PhantomData,
+        }
     }
 
     /// Forwards `req` to `upstream` and returns the response to send to the client.
@@ -145,18 +146,13 @@ where
         upstream: &ForwardTarget,
         lease: Lease,
         ctx: &ForwardContext,
-    ) -> Result<Response<ProxyBody>, ForwardError> {
+    ) -> Result<Response<ProxyBody<B>>, ForwardError> {
         let (mut parts, body) = req.into_parts();
-        let (result, original_uri) = match upstream_uri(&parts.uri, upstream, ctx) {
-            Ok(uri) => {
-                let original_uri = std::mem::replace(&mut parts.uri, uri);
-                let result = self
-                    .send(parts, body, &original_uri, upstream, lease, ctx)
-                    .await;
-                (result, original_uri)
-            }
-            Err(error) => (Err(error), parts.uri),
-        };
+        let uri = upstream_uri(&parts.uri, ctx);
+        let original_uri = std::mem::replace(&mut parts.uri, uri);
+        let result = self
+            .send(parts, body, &original_uri, upstream, lease, ctx)
+            .await;
         if let Err(error) = &result {
             let path = percent_decode_str(original_uri.path()).decode_utf8_lossy();
             error.log(upstream.label_str(), &path);
@@ -172,12 +168,13 @@ where
         upstream: &ForwardTarget,
         lease: Lease,
         ctx: &ForwardContext,
-    ) -> Result<Response<ProxyBody>, ForwardError> {
+    ) -> Result<Response<ProxyBody<B>>, ForwardError> {
         // HTTP/2 and absolute-form requests name their host in the URI.
         let host = match original_uri.authority() {
             Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
             None => parts.headers.get(HOST).cloned(),
-        };
+        }
+        .or_else(|| Some(upstream.host.clone()));
         let info = RequestInfo {
             client_ip: ctx.client_addr.ip(),
             tls: ctx.tls,
@@ -207,6 +204,7 @@ where
         };
         let request = Request::from_parts(parts, RequestBody::new(body, sent_tx));
 
+        let conns = upstream.conns.get::<RequestBody<B>>();
         let mut watch = DrainWatch::new(&lease);
         let timeout = ctx.target_timeout;
         let timer = async move {
@@ -219,10 +217,10 @@ where
         let response = tokio::select! {
             biased;
             () = poll_fn(|cx| watch.poll_cancelled(cx)) => return Err(ForwardError::Cancelled),
-            response = self.client.request(request) => response,
+            response = conns::send(&conns, &upstream.authority, request, self.policy) => response,
             () = timer => return Err(ForwardError::ResponseTimeout { timeout }),
         };
-        let mut response = response.map_err(|e| ForwardError::from_client(e.into()))?;
+        let (mut response, sender) = response.map_err(ForwardError::from_client)?;
 
         if let Some(protocol) = protocol {
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -230,16 +228,20 @@ where
             }
         }
         headers::rewrite_response(response.headers_mut());
-        Ok(response.map(|incoming| ProxyBody::streaming(incoming, lease, watch)))
+        let conn = Checkin { sender, conns };
+        let conn = if response.body().is_end_stream() {
+            // Nothing will poll an empty body: the connection is free already.
+            conn.put_back();
+            None
+        } else {
+            Some(conn)
+        };
+        Ok(response.map(|incoming| ProxyBody::streaming(incoming, lease, watch, conn)))
     }
 }
 
-/// `http://<target><path and query>`, assembled from parts rather than formatted.
-fn upstream_uri(
-    original: &Uri,
-    upstream: &ForwardTarget,
-    ctx: &ForwardContext,
-) -> Result<Uri, ForwardError> {
+/// The request target sent upstream: origin-form, the routed path and query.
+fn upstream_uri(original: &Uri, ctx: &ForwardContext) -> Uri {
     let path_and_query = match &ctx.upstream_path {
         Some(p) => p.clone(),
         None => original
@@ -247,11 +249,7 @@ fn upstream_uri(
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
     };
-    let mut parts = uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(upstream.authority.clone());
-    parts.path_and_query = Some(path_and_query);
-    Uri::from_parts(parts).map_err(|e| ForwardError::Upstream { source: e.into() })
+    Uri::from(path_and_query)
 }
 
 #[cfg(test)]

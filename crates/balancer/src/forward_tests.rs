@@ -116,7 +116,7 @@ fn get(path: &str) -> Request<Full<Bytes>> {
         .unwrap()
 }
 
-async fn body_text(response: Response<ProxyBody>) -> Result<String, ForwardError> {
+async fn body_text<B>(response: Response<ProxyBody<B>>) -> Result<String, ForwardError> {
     let bytes = response.into_body().collect().await?.to_bytes();
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
@@ -146,14 +146,14 @@ fn forward_future_is_send<'a>(
     target: &'a ForwardTarget,
     lease: crate::inflight::Lease,
     context: &'a ForwardContext,
-) -> impl Future<Output = Result<Response<ProxyBody>, ForwardError>> + Send + 'a {
+) -> impl Future<Output = Result<Response<ProxyBody<Incoming>>, ForwardError>> + Send + 'a {
     forwarder.forward(request, target, lease, context)
 }
 
 #[test]
 fn bodies_and_errors_can_cross_threads() {
     fn send_sync<T: Send + Sync>() {}
-    send_sync::<ProxyBody>();
+    send_sync::<ProxyBody<Incoming>>();
     send_sync::<ForwardError>();
     send_sync::<Forwarder<Incoming>>();
 }
@@ -728,24 +728,20 @@ async fn request_after_idle_close(
     })
     .await;
     let tracker = InFlight::new();
-    let first = within(forwarder.forward(get("/one"), &target(addr), tracker.lease(), &ctx()))
+    // One target: its idle connections are the ones reused.
+    let target = target(addr);
+    let first = within(forwarder.forward(get("/one"), &target, tracker.lease(), &ctx()))
         .await
         .unwrap();
     assert_eq!(within(body_text(first)).await.unwrap(), "first");
     go_tx.send(()).unwrap();
     let mut byte = [0u8; 1];
     within(side_rx.read_exact(&mut byte)).await.unwrap();
-    let second = match within(forwarder.forward(
-        get("/two"),
-        &target(addr),
-        tracker.lease(),
-        &ctx(),
-    ))
-    .await
-    {
-        Ok(response) => within(body_text(response)).await,
-        Err(error) => Err(error),
-    };
+    let second =
+        match within(forwarder.forward(get("/two"), &target, tracker.lease(), &ctx())).await {
+            Ok(response) => within(body_text(response)).await,
+            Err(error) => Err(error),
+        };
     (second, accepted.load(std::sync::atomic::Ordering::SeqCst))
 }
 
@@ -853,4 +849,114 @@ async fn failures_are_logged_with_spec_fields() {
     assert_eq!(names(fields), ["target", "path"]);
     assert_eq!(fields[0].1, silent.to_string());
     assert_eq!(fields[1].1, "/slow");
+}
+
+/// A hyper upstream answering `size` bytes at every path, counting the connections it accepts.
+async fn counting_upstream(size: usize) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req: Request<Incoming>| async move {
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(vec![b'x'; size]))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn sequential_requests_reuse_one_connection() {
+    let (addr, accepted) = counting_upstream(13).await;
+    let forwarder = Forwarder::new();
+    let target = target(addr);
+    for _ in 0..5 {
+        let response =
+            within(forwarder.forward(get("/"), &target, InFlight::new().lease(), &ctx()))
+                .await
+                .unwrap();
+        assert_eq!(within(body_text(response)).await.unwrap().len(), 13);
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // Clones of a target share its connections; another target at the same address does not.
+    let clone = target.clone();
+    let response = within(forwarder.forward(get("/"), &clone, InFlight::new().lease(), &ctx()))
+        .await
+        .unwrap();
+    within(body_text(response)).await.unwrap();
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn concurrent_requests_open_connections_that_are_then_reused() {
+    let (addr, accepted) = counting_upstream(13).await;
+    let forwarder = Forwarder::new();
+    let target = target(addr);
+    // Three responses held open at once need three connections…
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(
+            within(forwarder.forward(get("/"), &target, InFlight::new().lease(), &ctx()))
+                .await
+                .unwrap(),
+        );
+    }
+    for response in held {
+        within(body_text(response)).await.unwrap();
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+    // …and once read, all three serve later requests.
+    for _ in 0..6 {
+        let response =
+            within(forwarder.forward(get("/"), &target, InFlight::new().lease(), &ctx()))
+                .await
+                .unwrap();
+        within(body_text(response)).await.unwrap();
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_response_dropped_before_its_end_does_not_return_its_connection() {
+    // Large enough that the body cannot have arrived whole with the headers.
+    let (addr, accepted) = counting_upstream(4 << 20).await;
+    let forwarder = Forwarder::new();
+    let target = target(addr);
+    let response = within(forwarder.forward(get("/"), &target, InFlight::new().lease(), &ctx()))
+        .await
+        .unwrap();
+    let mut body = response.into_body();
+    within(body.frame()).await.unwrap().unwrap();
+    drop(body);
+    // The half-read connection is not reused: the next request gets a whole body on a new one.
+    let response = within(forwarder.forward(get("/"), &target, InFlight::new().lease(), &ctx()))
+        .await
+        .unwrap();
+    assert_eq!(within(body_text(response)).await.unwrap().len(), 4 << 20);
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_request_without_host_names_the_target() {
+    let addr = echo_upstream().await;
+    let forwarder = Forwarder::new();
+    let req = Request::builder()
+        .version(Version::HTTP_10)
+        .uri("/plain")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = within(forwarder.forward(req, &target(addr), InFlight::new().lease(), &ctx()))
+        .await
+        .unwrap();
+    let text = within(body_text(response)).await.unwrap();
+    assert!(text.starts_with("GET /plain HTTP/1.1\n"), "{text}");
+    assert!(text.contains(&format!("host: {addr}\n")), "{text}");
 }

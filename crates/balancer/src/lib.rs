@@ -2,6 +2,7 @@
 
 pub mod affinity;
 pub mod body;
+mod conns;
 pub mod error;
 pub mod forward;
 pub mod forward_error;

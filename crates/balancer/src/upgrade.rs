@@ -20,12 +20,12 @@ use crate::inflight::Lease;
 ///
 /// `client` is the client connection's pending upgrade, taken from the request before it was
 /// sent; it resolves once the server has written the `101`.
-pub(crate) fn tunnel(
+pub(crate) fn tunnel<B>(
     mut response: Response<Incoming>,
     protocol: &HeaderValue,
     client: Option<OnUpgrade>,
     lease: Lease,
-) -> Result<Response<ProxyBody>, ForwardError> {
+) -> Result<Response<ProxyBody<B>>, ForwardError> {
     if !headers::upgrade_accepted(response.headers(), protocol) {
         let received = response
             .headers()

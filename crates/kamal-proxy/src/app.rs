@@ -23,6 +23,11 @@ use crate::rescue;
 use crate::serve::{HttpHandler, RequestBody};
 use crate::service::{Service, Settings};
 
+/// The body of a request as it is sent to a target: the client's, or its buffered copy.
+pub(crate) type UpstreamRequestBody = MaybeBuffered<RequestBody>;
+/// The body of a target's response before response buffering.
+pub(crate) type UpstreamBody = kamal_balancer::ProxyBody<UpstreamRequestBody>;
+
 /// The whole proxy: what requests read (lock-free) and what the control plane changes.
 #[derive(Debug)]
 pub struct App {
@@ -30,8 +35,8 @@ pub struct App {
     routes: SharedRoutes<Arc<Service>>,
     /// Services by name. Only the control plane takes this lock, never a request.
     registry: Mutex<BTreeMap<String, Arc<Service>>>,
-    /// Pooled upstream connections, shared by all services.
-    pub(crate) forwarder: Forwarder<MaybeBuffered<RequestBody>>,
+    /// Forwards requests to targets (each target keeps its own connections).
+    pub(crate) forwarder: Forwarder<UpstreamRequestBody>,
     /// Certificates for the HTTPS listener, per service.
     tls: Arc<crate::tls::Tls>,
     /// Where the state is persisted.

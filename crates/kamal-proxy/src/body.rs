@@ -5,10 +5,10 @@
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use crate::app::UpstreamBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
-use kamal_balancer::ProxyBody;
 use kamal_buffer::MaybeBuffered;
 use pin_project_lite::pin_project;
 
@@ -21,7 +21,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind {
         Full { #[pin] body: Full<Bytes> },
-        Proxy { #[pin] body: MaybeBuffered<ProxyBody> },
+        Proxy { #[pin] body: MaybeBuffered<UpstreamBody> },
     }
 }
 
@@ -52,7 +52,7 @@ impl ResponseBody {
     }
 
     /// A body from a target: streamed, or buffered with `--buffer-responses`.
-    pub fn proxy(body: MaybeBuffered<ProxyBody>) -> Self {
+    pub fn proxy(body: MaybeBuffered<UpstreamBody>) -> Self {
         ResponseBody {
             kind: Kind::Proxy { body },
             log: None,
