@@ -10,7 +10,8 @@ const USAGE: &str = "usage: cargo xtask ci
        cargo xtask bench [--duration SECS] [--rounds N] [--deploys N] [--no-build] [SCENARIO…]
        cargo xtask bench --micro [criterion args…]
 
-scenarios: keep-alive conn-per-request 1mib-response 1mib-upload deploy-under-load (default: all)";
+scenarios: keep-alive keep-alive-metrics conn-per-request tls-conn-per-request h2-tls
+           1mib-response 1mib-upload deploy-under-load idle-connections (default: all)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

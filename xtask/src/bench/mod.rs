@@ -3,21 +3,25 @@
 //! One run builds the release binaries, starts the fast upstream (`bench-upstream`), the real
 //! `kamal-proxy run` (deployed through its own CLI, JSON access log on) and nginx as an
 //! equivalent reverse proxy, pins the proxies to core 0 and the load generator and upstream to
-//! core 1, and drives each setup with `wrk` in interleaved rounds. Every load is bounded in time
-//! and connections and goes to 127.0.0.1 only. The report is Markdown: medians per setup, and
+//! core 1, and drives each setup with `wrk` (`h2load` for HTTP/2 over TLS) in interleaved
+//! rounds. Every load is bounded in time and connections and goes to 127.0.0.1 only. The report is Markdown: medians per setup, and
 //! ratios to nginx and to no proxy measured in the same run.
 
+mod h2load;
 mod procs;
 mod report;
 mod setups;
+mod tls;
 mod wrk;
 
+use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use report::{Sample, ScenarioResult};
 use setups::{Kamal, Nginx, Upstream};
+use tls::TLS_HOST;
 
 /// Host name the buffered-upload service is deployed on.
 const UPLOAD_HOST: &str = "upload.bench";
@@ -31,6 +35,8 @@ const WARM_UP: Duration = Duration::from_secs(2);
 const IDLE_CONNECTIONS: usize = 10_000;
 /// The longest a single load may run, whatever is asked.
 const MAX_DURATION: Duration = Duration::from_secs(120);
+/// Concurrent streams on each connection of the HTTP/2 load.
+const H2_STREAMS: u32 = 10;
 
 /// One kind of load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +45,10 @@ pub enum Scenario {
     KeepAlive,
     /// Small GETs, a new connection for each (`Connection: close`).
     ConnPerRequest,
+    /// Small GETs over HTTPS (HTTP/1.1), a new TLS connection for each (`Connection: close`).
+    TlsConnPerRequest,
+    /// Small GETs over HTTP/2 and TLS, several streams at once on each connection (h2load).
+    H2Tls,
     /// GETs of a 1 MiB body.
     LargeResponse,
     /// POSTs of a 1 MiB body, buffered by the proxy before forwarding.
@@ -54,10 +64,12 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario, in report order.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::KeepAlive,
         Scenario::Metrics,
         Scenario::ConnPerRequest,
+        Scenario::TlsConnPerRequest,
+        Scenario::H2Tls,
         Scenario::LargeResponse,
         Scenario::LargeUpload,
         Scenario::DeployUnderLoad,
@@ -75,6 +87,8 @@ impl Scenario {
         match self {
             Scenario::KeepAlive => "keep-alive",
             Scenario::ConnPerRequest => "conn-per-request",
+            Scenario::TlsConnPerRequest => "tls-conn-per-request",
+            Scenario::H2Tls => "h2-tls",
             Scenario::LargeResponse => "1mib-response",
             Scenario::LargeUpload => "1mib-upload",
             Scenario::IdleConnections => "idle-connections",
@@ -102,13 +116,27 @@ impl Scenario {
     fn host(self) -> &'static str {
         match self {
             Scenario::LargeUpload => UPLOAD_HOST,
+            Scenario::TlsConnPerRequest | Scenario::H2Tls => TLS_HOST,
             _ => "localhost",
         }
     }
 
+    /// Whether the load goes to the proxies' HTTPS ports (there is no direct setup then: the
+    /// upstream speaks plain HTTP).
+    fn tls(self) -> bool {
+        matches!(self, Scenario::TlsConnPerRequest | Scenario::H2Tls)
+    }
+
+    /// Concurrent streams per connection, for the multiplexed load.
+    fn streams(self) -> Option<u32> {
+        (self == Scenario::H2Tls).then_some(H2_STREAMS)
+    }
+
     fn headers(self) -> Vec<String> {
         match self {
-            Scenario::ConnPerRequest => vec!["Connection: close".into()],
+            Scenario::ConnPerRequest | Scenario::TlsConnPerRequest => {
+                vec!["Connection: close".into()]
+            }
             Scenario::LargeUpload => vec![format!("Host: {UPLOAD_HOST}")],
             _ => Vec::new(),
         }
@@ -120,6 +148,7 @@ impl Scenario {
                 "wrk.method = \"POST\"\nwrk.body = string.rep(\"x\", {MIB})\n\
                  wrk.headers[\"Content-Type\"] = \"application/octet-stream\""
             ),
+            Scenario::TlsConnPerRequest => wrk::LOOPBACK_RESOLVE.into(),
             _ => String::new(),
         }
     }
@@ -243,6 +272,12 @@ impl Drop for WorkDir {
 /// Everything a measurement needs.
 struct Lab {
     wrk: PathBuf,
+    /// For h2-tls (the scenario is dropped when h2load is missing).
+    h2load: Option<PathBuf>,
+    /// h2load's per-request log, rewritten by each h2load run.
+    h2_log: PathBuf,
+    /// What each setup negotiated in its first h2load run.
+    negotiated: RefCell<Vec<(Kind, h2load::Negotiated)>>,
     scripts: Vec<(Scenario, PathBuf)>,
     load_core: Option<&'static str>,
     ticks: u64,
@@ -263,7 +298,32 @@ impl Lab {
             connections: scenario.connections(),
             headers,
             script: self.script(scenario),
+            tls_name: (scenario == Scenario::TlsConnPerRequest).then_some(TLS_HOST),
         }
+    }
+
+    /// One h2load run of `scenario` against `setup`.
+    fn h2load(
+        &self,
+        scenario: Scenario,
+        setup: &Setup,
+        duration: Duration,
+    ) -> Result<wrk::WrkResult, String> {
+        let bin = self.h2load.as_deref().ok_or("h2load is not installed")?;
+        let load = h2load::Load {
+            port: setup.port,
+            name: TLS_HOST,
+            path: scenario.path(),
+            connections: scenario.connections(),
+            streams: scenario.streams().unwrap_or(1),
+            log_file: &self.h2_log,
+        };
+        let (result, negotiated) = h2load::run(bin, &load, duration, self.load_core)?;
+        let mut seen = self.negotiated.borrow_mut();
+        if !seen.iter().any(|(kind, _)| *kind == setup.kind) {
+            seen.push((setup.kind, negotiated));
+        }
+        Ok(result)
     }
 
     /// One bounded load against `setup`, with the proxy's CPU time and peak RSS around it.
@@ -276,12 +336,16 @@ impl Lab {
         let headers = scenario.headers();
         procs::reset_peak_rss(&setup.pids);
         let cpu_before = procs::cpu_micros(&setup.pids, self.ticks);
-        let result = wrk::run(
-            &self.wrk,
-            &self.load(scenario, setup.port, &headers),
-            duration,
-            self.load_core,
-        )?;
+        let result = if scenario == Scenario::H2Tls {
+            self.h2load(scenario, setup, duration)?
+        } else {
+            wrk::run(
+                &self.wrk,
+                &self.load(scenario, setup.port, &headers),
+                duration,
+                self.load_core,
+            )?
+        };
         let cpu_after = procs::cpu_micros(&setup.pids, self.ticks);
         Ok(self.sample(setup, &result, cpu_before, cpu_after))
     }
@@ -327,6 +391,50 @@ pub fn run(options: &Options) -> Result<(), String> {
     if nginx_bin.is_none() {
         eprintln!("xtask: nginx is not installed and could not be installed; its rows are skipped");
     }
+    let mut notes = Vec::new();
+    // Scenarios whose tools are missing are dropped here, with a note in the report.
+    let mut options = options.clone();
+    let mut skip = |options: &mut Options, scenarios: &[Scenario], why: &str| {
+        for scenario in scenarios {
+            if options.scenarios.contains(scenario) {
+                eprintln!("xtask: {} skipped: {why}", scenario.name());
+                notes.push(format!("{} skipped: {why}.", scenario.name()));
+            }
+        }
+        options.scenarios.retain(|s| !scenarios.contains(s));
+    };
+    let h2load_bin = if options.scenarios.contains(&Scenario::H2Tls) {
+        find_or_install("h2load", "nghttp2-client")
+    } else {
+        None
+    };
+    if h2load_bin.is_none() {
+        skip(
+            &mut options,
+            &[Scenario::H2Tls],
+            "h2load is not installed and could not be installed (Debian: `apt-get install nghttp2-client`)",
+        );
+    }
+    let tls_scenarios = [Scenario::TlsConnPerRequest, Scenario::H2Tls];
+    let wants_tls = options.scenarios.iter().any(|s| s.tls());
+    let openssl_bin = if wants_tls {
+        find_or_install("openssl", "openssl")
+    } else {
+        None
+    };
+    if openssl_bin.is_none() {
+        skip(
+            &mut options,
+            &tls_scenarios,
+            "the `openssl` command, which makes the certificate, is not installed",
+        );
+    }
+    let curl_bin = if wants_tls {
+        find_or_install("curl", "curl")
+    } else {
+        None
+    };
+    let options = &options;
 
     if options.build {
         crate::cargo(&[
@@ -367,6 +475,11 @@ pub fn run(options: &Options) -> Result<(), String> {
     let work = WorkDir(std::env::temp_dir().join(format!("kamal-bench-{}", std::process::id())));
     std::fs::create_dir_all(&work.0)
         .map_err(|e| format!("cannot create {}: {e}", work.0.display()))?;
+    // One certificate for kamal-proxy and nginx, so both do the same handshake work.
+    let certificate = match &openssl_bin {
+        Some(openssl) => Some(tls::make_certificate(openssl, &work.0.join("tls"))?),
+        None => None,
+    };
 
     let upstream = setups::start_upstream(&release.join("bench-upstream"), load_core)?;
     let target = format!("127.0.0.1:{}", upstream.port);
@@ -390,7 +503,6 @@ pub fn run(options: &Options) -> Result<(), String> {
     } else {
         None
     };
-    let mut notes = Vec::new();
     let upload_deployed = !options.scenarios.contains(&Scenario::LargeUpload)
         || match kamal.deploy(
             "bench-upload",
@@ -408,11 +520,42 @@ pub fn run(options: &Options) -> Result<(), String> {
                 false
             }
         };
+    // Through its own CLI with a custom certificate, as users deploy TLS without ACME.
+    let tls_deployed = match &certificate {
+        Some(certificate) => {
+            let (cert, key) = (
+                certificate.cert.display().to_string(),
+                certificate.key.display().to_string(),
+            );
+            match kamal.deploy(
+                "bench-tls",
+                &[
+                    "--target",
+                    &target,
+                    "--host",
+                    TLS_HOST,
+                    "--tls",
+                    "--tls-certificate-path",
+                    &cert,
+                    "--tls-private-key-path",
+                    &key,
+                ],
+            ) {
+                Ok(_) => true,
+                Err(e) => {
+                    notes.push(format!("kamal-proxy skipped in the TLS scenarios: {e}"));
+                    false
+                }
+            }
+        }
+        None => false,
+    };
     let nginx: Option<Nginx> = match &nginx_bin {
         Some(bin) => Some(setups::start_nginx(
             bin,
             &work.0.join("nginx"),
             upstream.port,
+            certificate.as_ref(),
             proxy_core,
         )?),
         None => None,
@@ -425,6 +568,9 @@ pub fn run(options: &Options) -> Result<(), String> {
             .map(|s| Ok((*s, wrk::write_script(&work.0, s.name(), &s.wrk_setup())?)))
             .collect::<Result<_, String>>()?,
         wrk: wrk_bin.clone(),
+        h2load: h2load_bin.clone(),
+        h2_log: work.0.join("h2load.log"),
+        negotiated: RefCell::new(Vec::new()),
         load_core,
         ticks: procs::ticks_per_second(),
     };
@@ -444,38 +590,65 @@ pub fn run(options: &Options) -> Result<(), String> {
             }
             // Only proxies hold client connections worth measuring.
             Scenario::IdleConnections => {}
+            // The upstream speaks plain HTTP only: no direct setup to compare with.
+            s if s.tls() => {}
             _ => list.push(Setup {
                 kind: Kind::Direct,
                 port: upstream.port,
                 pids: Vec::new(),
             }),
         }
-        if scenario != Scenario::LargeUpload || upload_deployed {
+        let kamal_port = if scenario.tls() {
+            tls_deployed.then_some(kamal.https_port)
+        } else {
+            (scenario != Scenario::LargeUpload || upload_deployed).then_some(kamal.http_port)
+        };
+        if let Some(port) = kamal_port {
             list.push(Setup {
                 kind: Kind::Kamal,
-                port: kamal.http_port,
+                port,
                 pids: kamal.process.pids(),
             });
         }
         if let Some(nginx) = &nginx {
-            list.push(Setup {
-                kind: Kind::Nginx,
-                port: nginx.port,
-                pids: nginx.process.pids(),
-            });
+            let port = if scenario.tls() {
+                nginx.tls_port
+            } else {
+                Some(nginx.port)
+            };
+            if let Some(port) = port {
+                list.push(Setup {
+                    kind: Kind::Nginx,
+                    port,
+                    pids: nginx.process.pids(),
+                });
+            }
         }
         list
     };
 
     // A setup that answers wrongly would make fast nonsense: check each once before loading it.
+    if wants_tls && curl_bin.is_none() {
+        notes.push("curl is not installed: the TLS setups were not checked before the load (h2load still fails a setup that does not negotiate h2).".into());
+    }
     for &scenario in &options.scenarios {
         for setup in setups_for(scenario) {
-            let got = procs::http_check(
-                setup.port,
-                scenario.path(),
-                scenario.host(),
-                scenario.upload_len(),
-            )?;
+            let got = match (scenario.tls(), &curl_bin) {
+                (true, Some(curl)) => tls::check(
+                    curl,
+                    setup.port,
+                    scenario.path(),
+                    scenario == Scenario::H2Tls,
+                )
+                .map_err(|e| format!("{}: {e}", setup.kind.label()))?,
+                (true, None) => continue,
+                (false, _) => procs::http_check(
+                    setup.port,
+                    scenario.path(),
+                    scenario.host(),
+                    scenario.upload_len(),
+                )?,
+            };
             if got != scenario.expected() {
                 return Err(format!(
                     "{} answered {got:?} in {}, expected {:?}",
@@ -546,6 +719,7 @@ pub fn run(options: &Options) -> Result<(), String> {
         let mut result = ScenarioResult {
             name: scenario.name().into(),
             connections: scenario.connections(),
+            streams: scenario.streams(),
             ..Default::default()
         };
         match scenario {
@@ -574,6 +748,9 @@ pub fn run(options: &Options) -> Result<(), String> {
                 result.direct = summary(scenario, Kind::Direct);
                 result.kamal = summary(scenario, Kind::Kamal);
                 result.nginx = summary(scenario, Kind::Nginx);
+                if scenario.tls() {
+                    result.note = tls_note(scenario, &lab.negotiated.borrow());
+                }
             }
         }
         results.push(result);
@@ -610,6 +787,7 @@ pub fn run(options: &Options) -> Result<(), String> {
             options,
             pin,
             &wrk_bin,
+            h2load_bin.as_deref(),
             nginx_bin.as_deref(),
             started.elapsed()
         ),
@@ -630,6 +808,25 @@ pub fn run(options: &Options) -> Result<(), String> {
         );
     }
     Ok(())
+}
+
+/// The remark under a TLS scenario: why there is no direct row, and for h2-tls what each
+/// setup negotiated (from h2load).
+fn tls_note(scenario: Scenario, negotiated: &[(Kind, h2load::Negotiated)]) -> String {
+    let mut note = String::from("No no-proxy row: the upstream speaks plain HTTP.");
+    if scenario == Scenario::H2Tls {
+        for (kind, n) in negotiated {
+            note.push_str(&format!(
+                " {}: {}, {}, {}, {}.",
+                kind.label(),
+                n.tls,
+                n.cipher,
+                n.key_exchange,
+                n.application
+            ));
+        }
+    }
+    note
 }
 
 /// `idle-connections: 10,000 idle keep-alive client connections add 12.0 KiB each to …`.
@@ -750,6 +947,7 @@ fn header(
     options: &Options,
     pinned: bool,
     wrk: &Path,
+    h2load: Option<&Path>,
     nginx: Option<&Path>,
     took: Duration,
 ) -> String {
@@ -815,18 +1013,19 @@ fn header(
         "## cargo xtask bench — {date}\n\n\
          - machine: {cpu}, {cores} cores{memory}, Linux {}; load average before the report: {}\n\
          - {}\n\
-         - kamal-proxy {commit} (release build, JSON access log to a pipe), {}, {}, upstream `bench-upstream` (hyper, 13-byte and 1 MiB answers)\n\
+         - kamal-proxy {commit} (release build, JSON access log to a pipe), {}, {}{}, upstream `bench-upstream` (hyper, 13-byte and 1 MiB answers)\n\
          - each figure: median of {} interleaved rounds of {} s after a {} s warm-up; errors summed; peak RSS is the largest VmHWM of the proxy's processes in a round; proxy CPU from /proc (user + system)\n\
          - took {:.0} s\n",
         kernel.trim(),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
         if pinned {
-            "pinned: proxy on core 0, wrk (1 thread) and the upstream on core 1"
+            "pinned: proxy on core 0, the load generator (wrk or h2load, 1 thread) and the upstream on core 1"
         } else {
             "not pinned (needs taskset and 2 cores)"
         },
         nginx.map_or("nginx missing".into(), |n| first_line(n, "-v")),
         first_line(wrk, "-v"),
+        h2load.map_or(String::new(), |h| format!(", {}", first_line(h, "--version"))),
         options.rounds,
         options.duration.as_secs(),
         WARM_UP.as_secs(),
@@ -913,6 +1112,47 @@ mod tests {
         assert!(Options::parse(&args(&["--duration", "9999"])).is_err());
         assert!(Options::parse(&args(&["--rounds"])).is_err());
         assert!(Options::parse(&args(&["http3"])).is_err());
+    }
+
+    #[test]
+    fn tls_scenarios_go_to_the_tls_name_on_loopback() {
+        for scenario in [Scenario::TlsConnPerRequest, Scenario::H2Tls] {
+            assert!(scenario.tls());
+            assert_eq!(scenario.host(), TLS_HOST);
+            assert_eq!(scenario.connections(), 16);
+            assert_eq!(scenario.expected(), (200, SMALL_LEN));
+        }
+        assert!(!Scenario::ConnPerRequest.tls());
+        assert_eq!(
+            Scenario::TlsConnPerRequest.headers(),
+            vec!["Connection: close".to_string()]
+        );
+        assert!(Scenario::TlsConnPerRequest
+            .wrk_setup()
+            .contains("wrk.lookup(\"127.0.0.1\", service)"));
+        assert_eq!(Scenario::H2Tls.streams(), Some(H2_STREAMS));
+        assert_eq!(Scenario::TlsConnPerRequest.streams(), None);
+    }
+
+    #[test]
+    fn tls_note_says_why_there_is_no_direct_row_and_what_was_negotiated() {
+        let negotiated = [(
+            Kind::Nginx,
+            h2load::Negotiated {
+                tls: "TLSv1.3".into(),
+                cipher: "TLS_AES_128_GCM_SHA256".into(),
+                key_exchange: "X25519 253 bits".into(),
+                application: "h2".into(),
+            },
+        )];
+        assert_eq!(
+            tls_note(Scenario::H2Tls, &negotiated),
+            "No no-proxy row: the upstream speaks plain HTTP. nginx: TLSv1.3, TLS_AES_128_GCM_SHA256, X25519 253 bits, h2."
+        );
+        assert_eq!(
+            tls_note(Scenario::TlsConnPerRequest, &negotiated),
+            "No no-proxy row: the upstream speaks plain HTTP."
+        );
     }
 
     #[test]

@@ -82,6 +82,8 @@ pub struct ScenarioResult {
     pub name: String,
     /// Open connections.
     pub connections: u32,
+    /// Concurrent HTTP/2 streams on each connection, for multiplexed loads.
+    pub streams: Option<u32>,
     /// No proxy: the load generator straight to the upstream.
     pub direct: Option<Summary>,
     /// Through kamal-proxy.
@@ -154,9 +156,9 @@ pub fn render(results: &[ScenarioResult]) -> String {
             let Some(s) = summary else { continue };
             let _ = writeln!(
                 out,
-                "| {} ({} conns) | {setup} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} ({}) | {setup} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 result.name,
-                result.connections,
+                load_label(result),
                 thousands(s.rps),
                 latency(s.p50_us),
                 latency(s.p99_us),
@@ -174,6 +176,14 @@ pub fn render(results: &[ScenarioResult]) -> String {
         let _ = writeln!(out, "- {}", summary_line(result));
     }
     out
+}
+
+/// `64 conns`, or `16 conns × 10 streams` for a multiplexed load.
+fn load_label(result: &ScenarioResult) -> String {
+    match result.streams {
+        Some(streams) => format!("{} conns × {streams} streams", result.connections),
+        None => format!("{} conns", result.connections),
+    }
 }
 
 /// `keep-alive: kamal-proxy 0.62× no proxy, 1.40× nginx in req/s; …`.
@@ -293,6 +303,24 @@ mod tests {
         assert!(text.contains(
             "- keep-alive: kamal-proxy 0.62× no proxy, 1.24× nginx in req/s; CPU per request 0.75× nginx; p99 1.24× nginx; peak RSS 2.00× nginx, 1 errors."
         ), "{text}");
+    }
+
+    #[test]
+    fn multiplexed_rows_show_their_streams() {
+        let result = ScenarioResult {
+            name: "h2-tls".into(),
+            connections: 16,
+            streams: Some(10),
+            kamal: summarise(&[sample(20_000.0, Some(40.0), Some(30 * 1024))]),
+            nginx: summarise(&[sample(25_000.0, Some(30.0), Some(20 * 1024))]),
+            ..Default::default()
+        };
+        let text = render(&[result]);
+        assert!(
+            text.contains("| h2-tls (16 conns × 10 streams) | kamal-proxy | 20,000 |"),
+            "{text}"
+        );
+        assert!(!text.contains("| no proxy |"), "{text}");
     }
 
     #[test]

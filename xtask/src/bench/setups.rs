@@ -9,6 +9,7 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use super::procs::{self, Guarded};
+use super::tls::Certificate;
 
 /// How long a server may take to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -61,6 +62,8 @@ pub struct Kamal {
     pub process: Guarded,
     /// Its plain-HTTP port.
     pub http_port: u16,
+    /// Its HTTPS port (asked for as `--https-port 0`, read back from `Server started`).
+    pub https_port: u16,
     bin: PathBuf,
     dir: PathBuf,
     /// Lines the server wrote to stdout (its JSON log, one access-log line per request).
@@ -104,13 +107,14 @@ impl Kamal {
         let (tx, rx) = mpsc::channel();
         let counter = log_lines.clone();
         std::thread::spawn(move || drain_log(stdout, &tx, &counter));
-        let http_port = rx.recv_timeout(START_TIMEOUT).map_err(|_| {
+        let (http_port, https_port) = rx.recv_timeout(START_TIMEOUT).map_err(|_| {
             let stderr = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
             format!("kamal-proxy did not log `Server started`:\n{stderr}")
         })?;
         Ok(Kamal {
             process,
             http_port,
+            https_port,
             bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),
             log_lines,
@@ -157,9 +161,9 @@ fn environment(command: &mut Command, dir: &Path) {
     }
 }
 
-/// Reads the server's stdout: finds the `Server started` line and sends its HTTP port, then
-/// discards everything, counting lines.
-fn drain_log(stdout: impl Read, started: &mpsc::Sender<u16>, lines: &AtomicU64) {
+/// Reads the server's stdout: finds the `Server started` line and sends its HTTP and HTTPS
+/// ports, then discards everything, counting lines.
+fn drain_log(stdout: impl Read, started: &mpsc::Sender<(u16, u16)>, lines: &AtomicU64) {
     let mut reader = BufReader::with_capacity(256 * 1024, stdout);
     let mut line = String::new();
     loop {
@@ -170,8 +174,9 @@ fn drain_log(stdout: impl Read, started: &mpsc::Sender<u16>, lines: &AtomicU64) 
         }
         lines.fetch_add(1, Ordering::Relaxed);
         if line.contains("\"Server started\"") {
-            if let Some(port) = json_u64(&line, "http").and_then(|p| u16::try_from(p).ok()) {
-                let _ = started.send(port);
+            let port = |key| json_u64(&line, key).and_then(|p| u16::try_from(p).ok());
+            if let (Some(http), Some(https)) = (port("http"), port("https")) {
+                let _ = started.send((http, https));
                 break;
             }
         }
@@ -206,20 +211,31 @@ pub struct Nginx {
     pub process: Guarded,
     /// Its port on 127.0.0.1.
     pub port: u16,
+    /// Its HTTPS (HTTP/2 and HTTP/1.1) port on 127.0.0.1, when started with a certificate.
+    pub tls_port: Option<u16>,
 }
 
 /// Starts nginx with [`nginx_config`] in `dir`, in the foreground, and waits for its workers.
+/// With a certificate it also serves HTTPS on a second port.
 pub fn start_nginx(
     bin: &Path,
     dir: &Path,
     upstream_port: u16,
+    certificate: Option<&Certificate>,
     core: Option<&str>,
 ) -> Result<Nginx, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let port = procs::free_port()?;
+    let tls = match certificate {
+        Some(certificate) => Some((procs::free_port()?, certificate)),
+        None => None,
+    };
     let config = dir.join("nginx.conf");
-    std::fs::write(&config, nginx_config(dir, port, upstream_port, is_root()))
-        .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+    std::fs::write(
+        &config,
+        nginx_config(dir, port, upstream_port, tls, is_root()),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", config.display()))?;
     let child = procs::pinned(bin, core)
         .arg("-p")
         .arg(dir)
@@ -233,9 +249,12 @@ pub fn start_nginx(
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
     let mut process = Guarded::new("nginx", child);
-    if !procs::wait_listening(port, START_TIMEOUT) || process.exited() {
-        let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
-        return Err(format!("nginx did not start on 127.0.0.1:{port}:\n{log}"));
+    let tls_port = tls.map(|(p, _)| p);
+    for port in [Some(port), tls_port].into_iter().flatten() {
+        if !procs::wait_listening(port, START_TIMEOUT) || process.exited() {
+            let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+            return Err(format!("nginx did not start on 127.0.0.1:{port}:\n{log}"));
+        }
     }
     // Workers are forked before the listener answers; poll briefly in case one is late.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -243,7 +262,11 @@ pub fn start_nginx(
         process.workers = procs::children_of(process.pid());
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(Nginx { process, port })
+    Ok(Nginx {
+        process,
+        port,
+        tls_port,
+    })
 }
 
 /// Whether this process runs as root.
@@ -264,7 +287,44 @@ pub fn is_root() -> bool {
 /// not make). Buffering stays at nginx's defaults, as most deployments leave it; the error log
 /// stays at its default level, `error`, because at `warn` nginx would log every 1 MiB body it
 /// buffers to a temporary file.
-pub fn nginx_config(dir: &Path, port: u16, upstream_port: u16, as_root: bool) -> String {
+///
+/// With `tls` (a port and the certificate kamal-proxy serves), a second server speaks HTTP/2
+/// and HTTP/1.1 over TLS on that port with the same location; TLS as rustls offers it in
+/// kamal-proxy: versions 1.2 and 1.3, key exchange groups X25519, P-256, P-384 in that order,
+/// the client's cipher order, and session resumption left at nginx's defaults (tickets on).
+pub fn nginx_config(
+    dir: &Path,
+    port: u16,
+    upstream_port: u16,
+    tls: Option<(u16, &Certificate)>,
+    as_root: bool,
+) -> String {
+    let location = "        location / {
+            proxy_pass http://app;
+            proxy_http_version 1.1;
+            proxy_set_header Connection \"\";
+            proxy_set_header Host $http_host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $http_host;
+            proxy_set_header X-Request-ID $request_id;
+            proxy_set_header X-Request-Start \"t=${msec}\";
+        }";
+    let tls_server = tls.map_or(String::new(), |(tls_port, certificate)| {
+        format!(
+            "    server {{
+        listen 127.0.0.1:{tls_port} ssl http2 default_server;
+        ssl_certificate {};
+        ssl_certificate_key {};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_ecdh_curve X25519:prime256v1:secp384r1;
+{location}
+    }}
+",
+            certificate.cert.display(),
+            certificate.key.display()
+        )
+    });
     let dir = dir.display();
     // A root master would switch workers to `nobody`, who cannot write the temp dirs here.
     let user = if as_root { "user root;\n" } else { "" };
@@ -294,19 +354,9 @@ http {{
     }}
     server {{
         listen 127.0.0.1:{port} default_server;
-        location / {{
-            proxy_pass http://app;
-            proxy_http_version 1.1;
-            proxy_set_header Connection \"\";
-            proxy_set_header Host $http_host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $http_host;
-            proxy_set_header X-Request-ID $request_id;
-            proxy_set_header X-Request-Start \"t=${{msec}}\";
-        }}
+{location}
     }}
-}}
+{tls_server}}}
 "
     )
 }
@@ -333,13 +383,13 @@ mod tests {
         let (tx, rx) = mpsc::channel();
         let lines = AtomicU64::new(0);
         drain_log(log.as_bytes(), &tx, &lines);
-        assert_eq!(rx.try_recv(), Ok(8080));
+        assert_eq!(rx.try_recv(), Ok((8080, 8443)));
         assert_eq!(lines.load(Ordering::Relaxed), 4);
     }
 
     #[test]
     fn nginx_config_proxies_to_the_upstream_with_keep_alive() {
-        let config = nginx_config(Path::new("/tmp/b"), 8080, 9090, true);
+        let config = nginx_config(Path::new("/tmp/b"), 8080, 9090, None, true);
         assert!(config.starts_with("user root;\nworker_processes 1;\n"));
         assert!(config.contains("listen 127.0.0.1:8080 default_server;"));
         assert!(config.contains("server 127.0.0.1:9090;\n        keepalive 128;"));
@@ -348,8 +398,31 @@ mod tests {
         assert!(config.contains("access_log off;"));
         assert!(config.contains("error.log error;"));
         assert!(config.contains("proxy_temp_path /tmp/b/proxy;"));
-        assert!(!nginx_config(Path::new("/tmp/b"), 1, 2, false).contains("user "));
+        assert!(!config.contains("ssl"));
+        assert!(!nginx_config(Path::new("/tmp/b"), 1, 2, None, false).contains("user "));
         // Balanced braces: a typo here would only show when nginx refuses to start.
+        assert_eq!(config.matches('{').count(), config.matches('}').count());
+    }
+
+    #[test]
+    fn nginx_config_adds_an_h2_tls_server_with_the_same_location() {
+        let certificate = Certificate {
+            cert: "/c/cert.pem".into(),
+            key: "/c/key.pem".into(),
+        };
+        let config = nginx_config(
+            Path::new("/tmp/b"),
+            8080,
+            9090,
+            Some((8443, &certificate)),
+            false,
+        );
+        assert!(config.contains("listen 127.0.0.1:8443 ssl http2 default_server;"));
+        assert!(config
+            .contains("ssl_certificate /c/cert.pem;\n        ssl_certificate_key /c/key.pem;"));
+        assert!(config.contains("ssl_ecdh_curve X25519:prime256v1:secp384r1;"));
+        assert_eq!(config.matches("location / {").count(), 2);
+        assert_eq!(config.matches("proxy_pass http://app;").count(), 2);
         assert_eq!(config.matches('{').count(), config.matches('}').count());
     }
 }

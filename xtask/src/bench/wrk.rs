@@ -54,7 +54,18 @@ pub struct Load<'a> {
     pub headers: &'a [String],
     /// The Lua script (see [`write_script`]).
     pub script: &'a Path,
+    /// For HTTPS: the name in the URL (SNI and `Host`); the script must then connect to
+    /// 127.0.0.1 itself ([`LOOPBACK_RESOLVE`]). None: plain HTTP to 127.0.0.1.
+    pub tls_name: Option<&'a str>,
 }
+
+/// Lua that makes wrk connect to 127.0.0.1 whatever the URL's host, which stays the SNI name
+/// (wrk sends the URL's host as SNI) and the `Host` header, and needs no DNS entry.
+pub const LOOPBACK_RESOLVE: &str = r#"
+function wrk.resolve(host, service)
+  wrk.addrs = wrk.lookup("127.0.0.1", service)
+end
+"#;
 
 /// Writes a script that sets up the request with `setup` (Lua, may be empty) and reports with
 /// the shared hook; returns its path.
@@ -76,7 +87,10 @@ fn command(wrk: &Path, load: &Load<'_>, duration: Duration, core: Option<&str>) 
     for header in load.headers {
         command.arg(format!("--header={header}"));
     }
-    command.arg(format!("http://127.0.0.1:{}{}", load.port, load.path));
+    command.arg(match load.tls_name {
+        Some(name) => format!("https://{name}:{}{}", load.port, load.path),
+        None => format!("http://127.0.0.1:{}{}", load.port, load.path),
+    });
     command
 }
 
@@ -173,5 +187,28 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(text.starts_with("wrk.method = \"POST\"\n"));
         assert!(text.contains("latency:percentile(99)"));
+    }
+
+    #[test]
+    fn https_loads_name_the_host_in_the_url() {
+        let headers = ["Connection: close".to_string()];
+        let mut load = Load {
+            port: 8443,
+            path: "/",
+            connections: 16,
+            headers: &headers,
+            script: Path::new("/s.lua"),
+            tls_name: Some("tls.bench"),
+        };
+        let url = |load: &Load<'_>| {
+            command(Path::new("wrk"), load, Duration::from_secs(1), None)
+                .get_args()
+                .last()
+                .map(|a| a.to_string_lossy().into_owned())
+        };
+        assert_eq!(url(&load).as_deref(), Some("https://tls.bench:8443/"));
+        load.tls_name = None;
+        assert_eq!(url(&load).as_deref(), Some("http://127.0.0.1:8443/"));
+        assert!(LOOPBACK_RESOLVE.contains("wrk.lookup(\"127.0.0.1\", service)"));
     }
 }
