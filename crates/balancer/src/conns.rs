@@ -7,9 +7,12 @@
 //! behind a lock, no boxed futures and no task spawned per request to watch for readiness.
 
 use std::any::Any;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use crossbeam_queue::ArrayQueue;
@@ -18,7 +21,9 @@ use http::{Request, Response};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
+use hyper::client::conn::TrySendError;
 use hyper_util::rt::TokioIo;
+use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
 
 use crate::forward_error::BoxError;
@@ -86,24 +91,123 @@ pub(crate) struct SendPolicy {
     pub(crate) retry_reused: bool,
 }
 
+/// A response, the connection it came on, and the idle queue that connection goes back to.
+pub(crate) type Sent<B> = (Response<Incoming>, SendRequest<B>, Arc<Conns<B>>);
+
+type SendOutput<B> = Result<Sent<B>, BoxError>;
+
+pin_project! {
+    /// The future of [`send`]. Hand-written rather than `async` so that the request is moved
+    /// once, into hyper's send future, and not also kept in a suspended function's arguments:
+    /// this future is polled inline by every request's (and moved with it).
+    #[project = SendProj]
+    pub(crate) enum SendFuture<'a, B, F> {
+        /// On an idle connection that was ready: hyper is sending the request.
+        Fast {
+            #[pin]
+            sending: F,
+            sender: Option<SendRequest<B>>,
+            conns: Option<Arc<Conns<B>>>,
+            authority: &'a Authority,
+            policy: SendPolicy,
+        },
+        /// Dialling, waiting for a connection to become ready, or retrying.
+        Slow {
+            fut: Pin<Box<dyn Future<Output = SendOutput<B>> + Send + 'a>>,
+        },
+    }
+}
+
 /// Sends `req` to the target at `authority` over an idle connection from `conns`, or a new
 /// one. A request that a reused connection rejected before writing any of it (the target had
 /// closed it while idle) is sent again, on the next idle connection or a new one.
 ///
-/// Returns the response and the connection, to be put back once the body has been read.
-pub(crate) async fn send<B>(
-    conns: &Conns<B>,
+/// Resolves to the response and the connection, to be put back once the body has been read.
+pub(crate) fn send<B>(
+    conns: Arc<Conns<B>>,
+    authority: &Authority,
+    req: Request<B>,
+    policy: SendPolicy,
+) -> SendFuture<'_, B, impl Future<Output = Result<Response<Incoming>, TrySendError<Request<B>>>>>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    match conns.take_idle() {
+        Some(mut sender) if sender.is_ready() => {
+            let sending = sender.try_send_request(req);
+            SendFuture::Fast {
+                sending,
+                sender: Some(sender),
+                conns: Some(conns),
+                authority,
+                policy,
+            }
+        }
+        idle => SendFuture::Slow {
+            fut: Box::pin(send_slow(conns, authority, req, policy, idle)),
+        },
+    }
+}
+
+impl<B, F> Future for SendFuture<'_, B, F>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+    F: Future<Output = Result<Response<Incoming>, TrySendError<Request<B>>>>,
+{
+    type Output = SendOutput<B>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<SendOutput<B>> {
+        let retry = match self.as_mut().project() {
+            SendProj::Slow { fut } => return fut.as_mut().poll(cx),
+            SendProj::Fast {
+                sending,
+                sender,
+                conns,
+                authority,
+                policy,
+            } => match ready!(sending.poll(cx)) {
+                Ok(response) => {
+                    let (Some(sender), Some(conns)) = (sender.take(), conns.take()) else {
+                        panic!("SendFuture polled after completion");
+                    };
+                    return Poll::Ready(Ok((response, sender, conns)));
+                }
+                Err(mut error) => match (error.take_message(), conns.take()) {
+                    (Some(unsent), Some(conns)) if policy.retry_reused => {
+                        tracing::debug!("reused connection was closed; sending again");
+                        send_slow(conns, authority, unsent, *policy, None)
+                    }
+                    _ => return Poll::Ready(Err(error.into_error().into())),
+                },
+            },
+        };
+        self.set(SendFuture::Slow {
+            fut: Box::pin(retry),
+        });
+        self.poll(cx)
+    }
+}
+
+/// Everything but the fast path: waits for `idle` (a connection not marked ready yet) or the
+/// next idle one, dials when there is none, and retries on reused connections found closed.
+async fn send_slow<B>(
+    conns: Arc<Conns<B>>,
     authority: &Authority,
     mut req: Request<B>,
     policy: SendPolicy,
-) -> Result<(Response<Incoming>, SendRequest<B>), BoxError>
+    mut idle: Option<SendRequest<B>>,
+) -> SendOutput<B>
 where
     B: Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
 {
     loop {
-        let (mut sender, reused) = match conns.take_idle() {
+        let (mut sender, reused) = match idle.take().or_else(|| conns.take_idle()) {
             Some(sender) => (sender, true),
             None => (connect(authority).await?, false),
         };
@@ -113,7 +217,7 @@ where
             continue;
         }
         match sender.try_send_request(req).await {
-            Ok(response) => return Ok((response, sender)),
+            Ok(response) => return Ok((response, sender, conns)),
             Err(mut error) => match error.take_message() {
                 Some(unsent) if reused && policy.retry_reused => {
                     tracing::debug!("reused connection was closed; sending again");

@@ -1,10 +1,12 @@
 //! Forwarding one request to one target over a keep-alive HTTP/1.1 connection (§4.10,
 //! §7.2–§7.7).
 
-use std::future::poll_fn;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,12 +14,17 @@ use http::header::HOST;
 use http::uri::{Authority, PathAndQuery};
 use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper::client::conn::TrySendError;
 use hyper::upgrade::OnUpgrade;
 use percent_encoding::percent_decode_str;
+use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
 
 use crate::body::{Checkin, DrainWatch, ProxyBody, RequestBody};
-use crate::conns::{self, ConnSlot, SendPolicy};
+use crate::conns::{self, ConnSlot, Conns, SendFuture, SendPolicy};
 use crate::forward_error::{BoxError, ForwardError};
 use crate::headers::{self, RequestInfo};
 use crate::inflight::Lease;
@@ -140,35 +147,20 @@ where
     ///
     /// Upgrades need the client connection to be served with hyper's `with_upgrades()`; the
     /// returned `101` must reach the server unchanged for the tunnel to start.
-    pub async fn forward(
+    ///
+    /// The request is prepared (headers rewritten, connection chosen) before the first poll;
+    /// the returned future holds only what the exchange needs.
+    pub fn forward<'a>(
         &self,
         req: Request<B>,
-        upstream: &ForwardTarget,
+        upstream: &'a ForwardTarget,
         lease: Lease,
         ctx: &ForwardContext,
-    ) -> Result<Response<ProxyBody<B>>, ForwardError> {
+    ) -> impl Future<Output = Result<Response<ProxyBody<B>>, ForwardError>> + Send + 'a {
         let (mut parts, body) = req.into_parts();
         let uri = upstream_uri(&parts.uri, ctx);
         let original_uri = std::mem::replace(&mut parts.uri, uri);
-        let result = self
-            .send(parts, body, &original_uri, upstream, lease, ctx)
-            .await;
-        if let Err(error) = &result {
-            let path = percent_decode_str(original_uri.path()).decode_utf8_lossy();
-            error.log(upstream.label_str(), &path);
-        }
-        result
-    }
 
-    async fn send(
-        &self,
-        mut parts: http::request::Parts,
-        body: B,
-        original_uri: &Uri,
-        upstream: &ForwardTarget,
-        lease: Lease,
-        ctx: &ForwardContext,
-    ) -> Result<Response<ProxyBody<B>>, ForwardError> {
         // HTTP/2 and absolute-form requests name their host in the URI.
         let host = match original_uri.authority() {
             Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
@@ -185,9 +177,12 @@ where
         let protocol = headers::rewrite_request(&mut parts.headers, host, allow_upgrade, &info);
         let client_upgrade = match &protocol {
             Some(p) if !headers::is_printable(p) => {
-                return Err(ForwardError::InvalidUpgrade {
+                let error = ForwardError::InvalidUpgrade {
                     protocol: String::from_utf8_lossy(p.as_bytes()).into_owned(),
-                })
+                };
+                return Forwarding::Failed {
+                    error: Some((error, original_uri, upstream)),
+                };
             }
             Some(_) => parts.extensions.remove::<OnUpgrade>(),
             None => None,
@@ -203,28 +198,134 @@ where
             (Some(tx), Some(rx))
         };
         let request = Request::from_parts(parts, RequestBody::new(body, sent_tx));
-
         let conns = upstream.conns.get::<RequestBody<B>>();
-        let mut watch = DrainWatch::new(&lease);
-        let timeout = ctx.target_timeout;
-        let timer = async move {
-            if let Some(rx) = sent_rx {
-                // A dropped sender means the body failed; the request is about to fail too.
-                let _ = rx.await;
-            }
-            tokio::time::sleep(timeout).await;
-        };
-        let response = tokio::select! {
-            biased;
-            () = poll_fn(|cx| watch.poll_cancelled(cx)) => return Err(ForwardError::Cancelled),
-            response = conns::send(&conns, &upstream.authority, request, self.policy) => response,
-            () = timer => return Err(ForwardError::ResponseTimeout { timeout }),
-        };
-        let (mut response, sender) = response.map_err(ForwardError::from_client)?;
+        Forwarding::Running {
+            send: conns::send(conns, &upstream.authority, request, self.policy),
+            timer: tokio::time::sleep(ctx.target_timeout),
+            exchange: Some(Exchange {
+                watch: DrainWatch::new(&lease),
+                lease,
+                sent: sent_rx,
+                armed: false,
+                timeout: ctx.target_timeout,
+                protocol,
+                client_upgrade,
+                original_uri,
+                upstream,
+            }),
+        }
+    }
+}
 
-        if let Some(protocol) = protocol {
+pin_project! {
+    /// The future of [`Forwarder::forward`]: the send, the drain watch and the target timeout
+    /// polled side by side in one hand-written future (no `select!` state or copies of the
+    /// request kept by suspended async functions).
+    #[project = ForwardingProj]
+    enum Forwarding<'a, B, F> {
+        Failed {
+            error: Option<(ForwardError, Uri, &'a ForwardTarget)>,
+        },
+        Running {
+            #[pin]
+            send: SendFuture<'a, RequestBody<B>, F>,
+            // Created with the request; only polled (registered) once the body has been sent.
+            #[pin]
+            timer: Sleep,
+            exchange: Option<Exchange<'a>>,
+        },
+    }
+}
+
+/// What one exchange needs besides the send itself.
+struct Exchange<'a> {
+    lease: Lease,
+    watch: DrainWatch,
+    /// Fires when the request body has been sent; `None` for a request without a body.
+    sent: Option<oneshot::Receiver<()>>,
+    /// Whether the timer runs.
+    armed: bool,
+    timeout: Duration,
+    protocol: Option<HeaderValue>,
+    client_upgrade: Option<OnUpgrade>,
+    /// For the log line of a failure.
+    original_uri: Uri,
+    upstream: &'a ForwardTarget,
+}
+
+impl<B, F> Future for Forwarding<'_, B, F>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+    F: Future<Output = Result<Response<Incoming>, TrySendError<Request<RequestBody<B>>>>>,
+{
+    type Output = Result<Response<ProxyBody<B>>, ForwardError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            ForwardingProj::Failed { error } => {
+                let (error, uri, upstream) = error.take().expect("polled after completion");
+                Poll::Ready(Err(failed(error, &uri, upstream)))
+            }
+            ForwardingProj::Running {
+                send,
+                mut timer,
+                exchange,
+            } => {
+                let ex = exchange.as_mut().expect("polled after completion");
+                // In the order of importance: the drain deadline, the answer, the timeout.
+                if ex.watch.poll_cancelled(cx).is_ready() {
+                    let ex = exchange.take().expect("checked above");
+                    return Poll::Ready(Err(failed(
+                        ForwardError::Cancelled,
+                        &ex.original_uri,
+                        ex.upstream,
+                    )));
+                }
+                if let Poll::Ready(result) = send.poll(cx) {
+                    let ex = exchange.take().expect("checked above");
+                    return Poll::Ready(match result {
+                        Ok((response, sender, conns)) => ex.respond(response, sender, conns),
+                        Err(error) => Err(failed(
+                            ForwardError::from_client(error),
+                            &ex.original_uri,
+                            ex.upstream,
+                        )),
+                    });
+                }
+                if !ex.armed {
+                    if let Some(sent) = &mut ex.sent {
+                        // A dropped sender means the body failed; the send fails with it.
+                        ready!(Pin::new(sent).poll(cx)).ok();
+                        ex.sent = None;
+                        timer.as_mut().reset(Instant::now() + ex.timeout);
+                    }
+                    ex.armed = true;
+                }
+                ready!(timer.poll(cx));
+                let ex = exchange.take().expect("checked above");
+                let error = ForwardError::ResponseTimeout {
+                    timeout: ex.timeout,
+                };
+                Poll::Ready(Err(failed(error, &ex.original_uri, ex.upstream)))
+            }
+        }
+    }
+}
+
+impl Exchange<'_> {
+    /// The response for the client: a tunnel for an accepted upgrade, otherwise the target's
+    /// response with its headers rewritten and a body that returns the connection at its end.
+    fn respond<B>(
+        self,
+        mut response: Response<Incoming>,
+        sender: SendRequest<RequestBody<B>>,
+        conns: Arc<Conns<RequestBody<B>>>,
+    ) -> Result<Response<ProxyBody<B>>, ForwardError> {
+        if let Some(protocol) = &self.protocol {
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                return upgrade::tunnel(response, &protocol, client_upgrade, lease);
+                return upgrade::tunnel(response, protocol, self.client_upgrade, self.lease)
+                    .map_err(|error| failed(error, &self.original_uri, self.upstream));
             }
         }
         headers::rewrite_response(response.headers_mut());
@@ -236,8 +337,16 @@ where
         } else {
             Some(conn)
         };
+        let (lease, watch) = (self.lease, self.watch);
         Ok(response.map(|incoming| ProxyBody::streaming(incoming, lease, watch, conn)))
     }
+}
+
+/// Logs a failure as §11.3 asks and returns it.
+fn failed(error: ForwardError, original_uri: &Uri, upstream: &ForwardTarget) -> ForwardError {
+    let path = percent_decode_str(original_uri.path()).decode_utf8_lossy();
+    error.log(upstream.label_str(), &path);
+    error
 }
 
 /// The request target sent upstream: origin-form, the routed path and query.

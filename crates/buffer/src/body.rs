@@ -22,10 +22,10 @@ pin_project! {
             #[pin]
             body: B,
         },
-        /// The completely buffered body.
+        /// The completely buffered body. Boxed: it is large, and every streaming body (the
+        /// common case) would otherwise be as large and cost as much to move.
         Buffered {
-            #[pin]
-            body: Buffered,
+            body: Pin<Box<Buffered>>,
         },
     }
 }
@@ -44,7 +44,9 @@ impl<B> MaybeBuffered<B> {
 
 impl<B> From<Buffered> for MaybeBuffered<B> {
     fn from(body: Buffered) -> Self {
-        Self::Buffered { body }
+        Self::Buffered {
+            body: Box::pin(body),
+        }
     }
 }
 
@@ -65,6 +67,7 @@ where
                 .poll_frame(cx)
                 .map(|frame| frame.map(|r| r.map_err(Into::into))),
             MaybeBufferedProj::Buffered { body } => body
+                .as_mut()
                 .poll_frame(cx)
                 .map(|frame| frame.map(|r| r.map_err(Into::into))),
         }

@@ -80,24 +80,6 @@ impl App {
         }
     }
 
-    /// Routes and serves one request.
-    async fn dispatch(
-        &self,
-        req: Request<RequestBody>,
-        conn: ConnInfo,
-        log: &mut AccessLog,
-    ) -> Response<ResponseBody> {
-        let routes = self.routes.load();
-        let authority = request_authority(&req);
-        let Some(route) = routes.lookup(authority, req.uri().path()) else {
-            self.count_unmatched(log);
-            return rescue::page(StatusCode::NOT_FOUND, None);
-        };
-        let service = Arc::clone(route.value);
-        let prefix = route.prefix;
-        service.serve(self, req, prefix, conn, log).await
-    }
-
     /// Deploys (creates or updates) a service: health-gated switch, then drain (spec §4.5).
     pub async fn deploy(&self, req: DeployRequest) -> Result<(), String> {
         let Some(metrics) = self.metrics.clone() else {
@@ -584,37 +566,56 @@ impl kamal_control::server::Handler for App {
 }
 
 impl HttpHandler for App {
-    async fn call(
+    fn call(
         self: Arc<Self>,
         mut req: Request<RequestBody>,
         conn: ConnInfo,
-    ) -> Response<ResponseBody> {
+    ) -> impl std::future::Future<Output = Response<ResponseBody>> + Send + 'static {
         let start = Instant::now();
         stamp_request(&mut req);
         // Boxed once here, so neither this future nor the response body carries it inline.
-        let mut log = Box::new(AccessLog::begin(&req, conn, start));
-        // ACME HTTP-01 challenges are answered before routing (spec §10.4).
-        let resp = match self.tls.http01(&req) {
-            Some(answer) => {
-                self.count_unmatched(&mut log);
-                answer
+        let log = Box::new(AccessLog::begin(&req, conn, start));
+        // One async block, routing included: every level of async function would keep its
+        // own copy of the request in the future that each request moves into place.
+        async move {
+            let mut log = log;
+            // ACME HTTP-01 challenges are answered before routing (spec §10.4).
+            let resp = match self.tls.http01(&req) {
+                Some(answer) => {
+                    self.count_unmatched(&mut log);
+                    answer
+                }
+                None => {
+                    let routes = self.routes.load();
+                    match routes.lookup(request_authority(&req), req.uri().path()) {
+                        Some(route) => {
+                            let service = Arc::clone(route.value);
+                            service
+                                .serve(&self, req, route.prefix, conn, &mut log)
+                                .await
+                        }
+                        None => {
+                            self.count_unmatched(&mut log);
+                            rescue::page(StatusCode::NOT_FOUND, None)
+                        }
+                    }
+                }
+            };
+            log.set_response(&resp);
+            let mut resp = resp;
+            if let Some(closed) = resp
+                .extensions_mut()
+                .remove::<kamal_balancer::TunnelClosed>()
+            {
+                // An upgraded connection's request ends when its tunnel closes (spec §11.2).
+                tokio::spawn(async move {
+                    closed.wait().await;
+                    drop(log);
+                });
+                return resp;
             }
-            None => self.dispatch(req, conn, &mut log).await,
-        };
-        log.set_response(&resp);
-        let mut resp = resp;
-        if let Some(closed) = resp
-            .extensions_mut()
-            .remove::<kamal_balancer::TunnelClosed>()
-        {
-            // An upgraded connection's request ends when its tunnel closes (spec §11.2).
-            tokio::spawn(async move {
-                closed.wait().await;
-                drop(log);
-            });
-            return resp;
+            resp.map(|body| body.with_log(log))
         }
-        resp.map(|body| body.with_log(log))
     }
 }
 

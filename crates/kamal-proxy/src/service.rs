@@ -242,19 +242,22 @@ impl Service {
             );
         }
 
-        let upstream_path = upstream_path_and_query(&req, prefix, settings.options.strip_prefix);
-        let ctx = ForwardContext {
-            client_addr: conn.peer,
-            tls: conn.tls,
-            forward_headers: settings.target_options.forward_headers,
-            target_timeout: settings.target_timeout,
-            upstream_path,
-        };
-        match app
-            .forwarder
-            .forward(req, upstream, claim.lease, &ctx)
-            .await
-        {
+        // The forward future is built in a block, so the context it no longer needs is not
+        // kept in (and moved with) this future.
+        let forwarded = {
+            let upstream_path =
+                upstream_path_and_query(&req, prefix, settings.options.strip_prefix);
+            let ctx = ForwardContext {
+                client_addr: conn.peer,
+                tls: conn.tls,
+                forward_headers: settings.target_options.forward_headers,
+                target_timeout: settings.target_timeout,
+                upstream_path,
+            };
+            app.forwarder.forward(req, upstream, claim.lease, &ctx)
+        }
+        .await;
+        match forwarded {
             Ok(resp) => {
                 let mut resp = match &settings.buffering.responses {
                     Some(limits) => {
