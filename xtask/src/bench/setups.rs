@@ -159,6 +159,12 @@ fn environment(command: &mut Command, dir: &Path) {
     if let Some(path) = std::env::var_os("PATH") {
         command.env("PATH", path);
     }
+    // Allocator tuning experiments (`MIMALLOC_PURGE_DELAY=0 cargo xtask bench …`) reach it.
+    for (key, value) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("MIMALLOC_") {
+            command.env(key, value);
+        }
+    }
 }
 
 /// Reads the server's stdout: finds the `Server started` line and sends its HTTP and HTTPS
