@@ -17,6 +17,7 @@ use tokio::sync::oneshot;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::conns::Conns;
+use crate::direct::DirectBody;
 use crate::forward_error::{BoxError, ClientBodyError, ForwardError};
 use crate::inflight::Lease;
 
@@ -145,10 +146,46 @@ impl DrainWatch {
 /// `B` is the type of the request bodies the forwarder sends: the body also holds the
 /// upstream connection and returns it to the target's idle connections once read to its end.
 pub struct ProxyBody<B> {
-    inner: Option<Incoming>,
+    inner: Option<Upstream>,
     lease: Option<Lease>,
     watch: Option<DrainWatch>,
     conn: Option<Checkin<B>>,
+}
+
+/// Where a response body comes from: hyper's client, or the direct path's connection.
+enum Upstream {
+    Hyper(Incoming),
+    Direct(DirectBody),
+}
+
+impl Upstream {
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ForwardError>>> {
+        match self {
+            Upstream::Hyper(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|r| r.map_err(ForwardError::from_body))),
+            Upstream::Direct(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|r| r.map_err(ForwardError::from_io))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Upstream::Hyper(body) => body.is_end_stream(),
+            Upstream::Direct(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Upstream::Hyper(body) => body.size_hint(),
+            Upstream::Direct(body) => body.size_hint(),
+        }
+    }
 }
 
 /// A connection in use by a response, and the idle queue it goes back to.
@@ -190,10 +227,19 @@ impl<B> ProxyBody<B> {
         conn: Option<Checkin<B>>,
     ) -> Self {
         Self {
-            inner: Some(inner),
+            inner: Some(Upstream::Hyper(inner)),
             lease: Some(lease),
             watch: Some(watch),
             conn,
+        }
+    }
+
+    pub(crate) fn direct(inner: DirectBody, lease: Lease, watch: DrainWatch) -> Self {
+        Self {
+            inner: Some(Upstream::Direct(inner)),
+            lease: Some(lease),
+            watch: Some(watch),
+            conn: None,
         }
     }
 
@@ -232,7 +278,7 @@ impl<B> Body for ProxyBody<B> {
         let result = if cancelled {
             Some(Err(ForwardError::Cancelled))
         } else {
-            match Pin::new(&mut *inner).poll_frame(cx) {
+            match inner.poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Some(Ok(frame))) => {
                     // The server stops polling once `is_end_stream` is true: finish here.
@@ -241,7 +287,7 @@ impl<B> Body for ProxyBody<B> {
                     }
                     return Poll::Ready(Some(Ok(frame)));
                 }
-                Poll::Ready(Some(Err(e))) => Some(Err(ForwardError::from_body(e))),
+                Poll::Ready(Some(Err(e))) => Some(Err(e)),
                 Poll::Ready(None) => None,
             }
         };
@@ -250,13 +296,13 @@ impl<B> Body for ProxyBody<B> {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(Body::is_end_stream)
+        self.inner.as_ref().is_none_or(Upstream::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
         self.inner
             .as_ref()
-            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
+            .map_or_else(|| SizeHint::with_exact(0), Upstream::size_hint)
     }
 }
 

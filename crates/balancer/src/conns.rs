@@ -26,6 +26,7 @@ use hyper_util::rt::TokioIo;
 use pin_project_lite::pin_project;
 use tokio::net::TcpStream;
 
+use crate::direct::DirectConns;
 use crate::forward_error::BoxError;
 
 /// Idle keep-alive connections kept per target (Go's `MaxIdleConnsPerHost` in kamal-proxy).
@@ -62,12 +63,16 @@ impl<B> Conns<B> {
 /// The slot a target keeps its connections in. The body type is chosen by the forwarder that
 /// first uses the target, so the slot stores the pool type-erased and checks the type on use.
 #[derive(Default)]
-pub(crate) struct ConnSlot(OnceLock<Arc<dyn Any + Send + Sync>>);
+pub(crate) struct ConnSlot {
+    hyper: OnceLock<Arc<dyn Any + Send + Sync>>,
+    direct: OnceLock<Arc<DirectConns>>,
+}
 
 impl std::fmt::Debug for ConnSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnSlot")
-            .field("used", &self.0.get().is_some())
+            .field("hyper", &self.hyper.get().is_some())
+            .field("direct", &self.direct.get().is_some())
             .finish()
     }
 }
@@ -77,11 +82,18 @@ impl ConnSlot {
     /// the first one (not something kamal-proxy does) gets a pool of its own each time,
     /// so its connections are simply not reused.
     pub(crate) fn get<B: Send + 'static>(&self) -> Arc<Conns<B>> {
-        let erased = self.0.get_or_init(|| Arc::new(Conns::<B>::new()));
+        let erased = self.hyper.get_or_init(|| Arc::new(Conns::<B>::new()));
         match Arc::clone(erased).downcast::<Conns<B>>() {
             Ok(conns) => conns,
             Err(_) => Arc::new(Conns::new()),
         }
+    }
+}
+
+impl ConnSlot {
+    /// The target's connections for the direct path ([`crate::direct`]).
+    pub(crate) fn direct(&self) -> Arc<DirectConns> {
+        Arc::clone(self.direct.get_or_init(|| Arc::new(DirectConns::new())))
     }
 }
 
@@ -258,7 +270,7 @@ where
 }
 
 /// Connects to each address the target's host resolves to, in order, until one answers.
-async fn dial(authority: &Authority) -> Result<TcpStream, DialError> {
+pub(crate) async fn dial(authority: &Authority) -> Result<TcpStream, DialError> {
     let port = authority.port_u16().unwrap_or(80);
     let host = authority.host();
     let literal = host

@@ -25,6 +25,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::body::{Checkin, DrainWatch, ProxyBody, RequestBody};
 use crate::conns::{self, ConnSlot, Conns, SendFuture, SendPolicy};
+use crate::direct::{self, DirectBody, DirectSend};
 use crate::forward_error::{BoxError, ForwardError};
 use crate::headers::{self, RequestInfo};
 use crate::inflight::Lease;
@@ -189,9 +190,37 @@ where
         };
         parts.version = Version::HTTP_11;
 
+        let has_body = !body.is_end_stream();
+        if direct::eligible(&parts.method, has_body, protocol.is_some()) {
+            let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            let head = direct::encode_head(&parts.method, target, &parts.headers);
+            let send = DirectSend::new(
+                upstream.conns.direct(),
+                &upstream.authority,
+                head,
+                parts.method == http::Method::HEAD,
+                self.policy.retry_reused,
+            );
+            return Forwarding::Direct {
+                send,
+                timer: tokio::time::sleep(ctx.target_timeout),
+                exchange: Some(Exchange {
+                    watch: DrainWatch::new(&lease),
+                    lease,
+                    sent: None,
+                    armed: false,
+                    timeout: ctx.target_timeout,
+                    protocol: None,
+                    client_upgrade: None,
+                    original_uri,
+                    upstream,
+                }),
+            };
+        }
+
         // The target timeout counts from the moment the request body has been sent; a request
         // without a body is sent at once.
-        let (sent_tx, sent_rx) = if body.is_end_stream() {
+        let (sent_tx, sent_rx) = if !has_body {
             (None, None)
         } else {
             let (tx, rx) = oneshot::channel();
@@ -234,6 +263,12 @@ pin_project! {
             timer: Sleep,
             exchange: Option<Exchange<'a>>,
         },
+        Direct {
+            send: DirectSend<'a>,
+            #[pin]
+            timer: Sleep,
+            exchange: Option<Exchange<'a>>,
+        },
     }
 }
 
@@ -269,48 +304,77 @@ where
             }
             ForwardingProj::Running {
                 send,
-                mut timer,
+                timer,
                 exchange,
-            } => {
-                let ex = exchange.as_mut().expect("polled after completion");
-                // In the order of importance: the drain deadline, the answer, the timeout.
-                if ex.watch.poll_cancelled(cx).is_ready() {
-                    let ex = exchange.take().expect("checked above");
-                    return Poll::Ready(Err(failed(
-                        ForwardError::Cancelled,
-                        &ex.original_uri,
-                        ex.upstream,
-                    )));
-                }
-                if let Poll::Ready(result) = send.poll(cx) {
-                    let ex = exchange.take().expect("checked above");
-                    return Poll::Ready(match result {
-                        Ok((response, sender, conns)) => ex.respond(response, sender, conns),
-                        Err(error) => Err(failed(
-                            ForwardError::from_client(error),
-                            &ex.original_uri,
-                            ex.upstream,
-                        )),
-                    });
-                }
-                if !ex.armed {
-                    if let Some(sent) = &mut ex.sent {
-                        // A dropped sender means the body failed; the send fails with it.
-                        ready!(Pin::new(sent).poll(cx)).ok();
-                        ex.sent = None;
-                        timer.as_mut().reset(Instant::now() + ex.timeout);
-                    }
-                    ex.armed = true;
-                }
-                ready!(timer.poll(cx));
-                let ex = exchange.take().expect("checked above");
-                let error = ForwardError::ResponseTimeout {
-                    timeout: ex.timeout,
-                };
-                Poll::Ready(Err(failed(error, &ex.original_uri, ex.upstream)))
-            }
+            } => poll_exchange(
+                cx,
+                timer,
+                exchange,
+                |cx| send.poll(cx),
+                |ex, sent| {
+                    let (response, sender, conns) = sent;
+                    ex.respond(response, sender, conns)
+                },
+            ),
+            ForwardingProj::Direct {
+                send,
+                timer,
+                exchange,
+            } => poll_exchange(
+                cx,
+                timer,
+                exchange,
+                |cx| Pin::new(send).poll(cx),
+                |ex, response| ex.respond_direct(response),
+            ),
         }
     }
+}
+
+/// Polls one exchange: the drain deadline first, then the answer, then the target timeout
+/// (armed once the request body has been sent).
+fn poll_exchange<'a, T, R>(
+    cx: &mut Context<'_>,
+    mut timer: Pin<&mut Sleep>,
+    exchange: &mut Option<Exchange<'a>>,
+    send: impl FnOnce(&mut Context<'_>) -> Poll<Result<T, BoxError>>,
+    respond: impl FnOnce(Exchange<'a>, T) -> Result<R, ForwardError>,
+) -> Poll<Result<R, ForwardError>> {
+    let ex = exchange.as_mut().expect("polled after completion");
+    if ex.watch.poll_cancelled(cx).is_ready() {
+        let ex = exchange.take().expect("checked above");
+        return Poll::Ready(Err(failed(
+            ForwardError::Cancelled,
+            &ex.original_uri,
+            ex.upstream,
+        )));
+    }
+    if let Poll::Ready(result) = send(cx) {
+        let ex = exchange.take().expect("checked above");
+        return Poll::Ready(match result {
+            Ok(sent) => respond(ex, sent),
+            Err(error) => Err(failed(
+                ForwardError::from_client(error),
+                &ex.original_uri,
+                ex.upstream,
+            )),
+        });
+    }
+    if !ex.armed {
+        if let Some(sent) = &mut ex.sent {
+            // A dropped sender means the body failed; the send fails with it.
+            ready!(Pin::new(sent).poll(cx)).ok();
+            ex.sent = None;
+            timer.as_mut().reset(Instant::now() + ex.timeout);
+        }
+        ex.armed = true;
+    }
+    ready!(timer.poll(cx));
+    let ex = exchange.take().expect("checked above");
+    let error = ForwardError::ResponseTimeout {
+        timeout: ex.timeout,
+    };
+    Poll::Ready(Err(failed(error, &ex.original_uri, ex.upstream)))
 }
 
 impl Exchange<'_> {
@@ -339,6 +403,18 @@ impl Exchange<'_> {
         };
         let (lease, watch) = (self.lease, self.watch);
         Ok(response.map(|incoming| ProxyBody::streaming(incoming, lease, watch, conn)))
+    }
+}
+
+impl Exchange<'_> {
+    /// The response of the direct path, with its headers rewritten for the client.
+    fn respond_direct<B>(
+        self,
+        mut response: Response<DirectBody>,
+    ) -> Result<Response<ProxyBody<B>>, ForwardError> {
+        headers::rewrite_response(response.headers_mut());
+        let (lease, watch) = (self.lease, self.watch);
+        Ok(response.map(|body| ProxyBody::direct(body, lease, watch)))
     }
 }
 

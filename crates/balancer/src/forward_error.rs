@@ -125,6 +125,19 @@ impl ForwardError {
         }
     }
 
+    /// Classifies an error while reading a response body on the direct path.
+    pub(crate) fn from_io(error: io::Error) -> Self {
+        if error.kind() == io::ErrorKind::TimedOut {
+            Self::NetworkTimeout {
+                source: error.into(),
+            }
+        } else {
+            Self::Upstream {
+                source: error.into(),
+            }
+        }
+    }
+
     /// Writes the log line the spec asks for (§11.3); 499 and timeouts are silent.
     pub(crate) fn log(&self, target: &str, path: &str) {
         match self {

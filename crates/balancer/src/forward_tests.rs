@@ -960,3 +960,126 @@ async fn a_request_without_host_names_the_target() {
     assert!(text.starts_with("GET /plain HTTP/1.1\n"), "{text}");
     assert!(text.contains(&format!("host: {addr}\n")), "{text}");
 }
+
+#[tokio::test]
+async fn bodiless_gets_take_the_direct_path_and_the_rest_hyper() {
+    let (addr, accepted) = counting_upstream(13).await;
+    let forwarder = Forwarder::new();
+    let target = target(addr);
+    let response = within(forwarder.forward(get("/"), &target, InFlight::new().lease(), &ctx()))
+        .await
+        .unwrap();
+    assert_eq!(within(body_text(response)).await.unwrap().len(), 13);
+    assert_eq!(
+        target.conns.direct().idle_count(),
+        1,
+        "the GET's connection is idle again"
+    );
+    let post = Request::builder()
+        .method(Method::POST)
+        .uri("/")
+        .header("host", "app.test")
+        .body(Full::new(Bytes::from_static(b"data")))
+        .unwrap();
+    let response = within(forwarder.forward(post, &target, InFlight::new().lease(), &ctx()))
+        .await
+        .unwrap();
+    assert_eq!(within(body_text(response)).await.unwrap().len(), 13);
+    assert_eq!(
+        target.conns.direct().idle_count(),
+        1,
+        "the POST went through hyper"
+    );
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn head_responses_have_no_body_and_keep_the_connection() {
+    let addr = raw_upstream(|mut stream| async move {
+        loop {
+            let head = read_head(&mut stream).await;
+            if head.is_empty() {
+                return;
+            }
+            let answer = if head.starts_with("HEAD ") {
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"
+            } else {
+                "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello"
+            };
+            if stream.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let forwarder = Forwarder::new();
+    let target = target(addr);
+    let head = Request::builder()
+        .method(Method::HEAD)
+        .uri("/")
+        .header("host", "app.test")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = within(forwarder.forward(head, &target, InFlight::new().lease(), &ctx()))
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-length"], "5");
+    assert!(response.body().is_end_stream());
+    assert_eq!(within(body_text(response)).await.unwrap(), "");
+    // The same connection then serves a GET with its body.
+    let response = within(forwarder.forward(get("/"), &target, InFlight::new().lease(), &ctx()))
+        .await
+        .unwrap();
+    assert_eq!(within(body_text(response)).await.unwrap(), "hello");
+}
+
+#[tokio::test]
+async fn bodies_delimited_by_close_are_read_to_the_end_and_not_reused() {
+    let (addr, accepted) = {
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = Arc::clone(&accepted);
+        let addr = raw_upstream(move |mut stream| {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            async move {
+                read_head(&mut stream).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.0 200 OK\r\ncontent-type: text/plain\r\n\r\nuntil close")
+                    .await;
+            }
+        })
+        .await;
+        (addr, accepted)
+    };
+    let forwarder = Forwarder::new();
+    let target = target(addr);
+    for _ in 0..2 {
+        let response =
+            within(forwarder.forward(get("/"), &target, InFlight::new().lease(), &ctx()))
+                .await
+                .unwrap();
+        assert_eq!(within(body_text(response)).await.unwrap(), "until close");
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    assert_eq!(target.conns.direct().idle_count(), 0);
+}
+
+#[tokio::test]
+async fn informational_answers_are_skipped() {
+    let addr = raw_upstream(|mut stream| async move {
+        read_head(&mut stream).await;
+        let _ = stream
+            .write_all(
+                b"HTTP/1.1 103 Early Hints\r\nlink: </a.css>\r\n\r\n\
+                  HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            )
+            .await;
+    })
+    .await;
+    let forwarder = Forwarder::new();
+    let response =
+        within(forwarder.forward(get("/"), &target(addr), InFlight::new().lease(), &ctx()))
+            .await
+            .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(within(body_text(response)).await.unwrap(), "ok");
+}

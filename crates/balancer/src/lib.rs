@@ -3,6 +3,7 @@
 pub mod affinity;
 pub mod body;
 mod conns;
+mod direct;
 pub mod error;
 pub mod forward;
 pub mod forward_error;
