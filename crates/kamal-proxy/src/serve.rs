@@ -309,14 +309,14 @@ fn serve_io<H, IO>(
             Ok::<_, Infallible>(response)
         }
     });
-    let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
-    let watched = graceful.watch(connection);
+    let watcher = graceful.watcher();
+    // The connection future (about 2 KiB) is built inside its task, so it is moved once, into
+    // the task's state, rather than through every layer on the way to `spawn`.
     tokio::spawn(async move {
+        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         // Connection errors (resets, malformed requests already answered by hyper) are the
         // client's business; there is nothing useful to log at info level.
-        if let Err(e) = watched.await {
+        if let Err(e) = watcher.watch(connection).await {
             tracing::debug!(error = %e, "Connection error");
         }
     });
