@@ -33,6 +33,28 @@ pub fn init(debug: bool) {
         .finish();
     // A second init (tests starting the app in-process twice) keeps the first subscriber.
     let _ = tracing::subscriber::set_global_default(subscriber);
+    widen_stdout_pipe();
+}
+
+/// Room asked for in the stdout pipe: about 2,500 access-log lines.
+const PIPE_SIZE: usize = 1 << 20;
+
+/// Log lines are written from the event loop, and a write to a full pipe blocks it: with the
+/// default 64 KiB pipe (about 150 lines), a log reader (a container runtime's log driver) that
+/// lags for a few milliseconds under load stalls every request. When stdout is a pipe, it is
+/// widened to 1 MiB, the limit an unprivileged process may set by default; anything else
+/// (a file, a terminal, a refusal) is left as it is.
+fn widen_stdout_pipe() {
+    widen_pipe(std::io::stdout());
+}
+
+/// Widens `fd` to [`PIPE_SIZE`] if it is a smaller pipe; quietly does nothing otherwise.
+fn widen_pipe(fd: impl std::os::fd::AsFd) {
+    if let Ok(size) = rustix::pipe::fcntl_getpipe_size(&fd) {
+        if size < PIPE_SIZE {
+            let _ = rustix::pipe::fcntl_setpipe_size(&fd, PIPE_SIZE);
+        }
+    }
 }
 
 /// A worker's buffered lines are written once they pass this size (or when it goes idle).
@@ -376,6 +398,23 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn pipes_are_widened_and_other_files_left_alone() {
+        let (reader, writer) = std::io::pipe().unwrap();
+        widen_pipe(&writer);
+        let size = rustix::pipe::fcntl_getpipe_size(&writer).unwrap();
+        let max: usize = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(PIPE_SIZE);
+        assert!(size >= PIPE_SIZE.min(max), "pipe size {size}");
+        drop(reader);
+        // Not a pipe: nothing to do, and no panic.
+        let file = tempfile::tempfile().unwrap();
+        widen_pipe(&file);
+        assert!(rustix::pipe::fcntl_getpipe_size(&file).is_err());
+    }
+
     use super::*;
     use std::time::Duration;
 
