@@ -260,6 +260,21 @@ impl Future for DirectSend<'_> {
                 }
                 SendState::Read { conn, reused } => {
                     match parse_head(&mut conn.buf, this.head_request) {
+                        // Some servers send a 408 on a keep-alive connection before closing
+                        // it for idleness; found on a reused connection it answers no request
+                        // of ours (Go's transport treats it the same way).
+                        Ok(Some(head))
+                            if *reused && head.response.status() == StatusCode::REQUEST_TIMEOUT =>
+                        {
+                            let error = io::Error::new(
+                                io::ErrorKind::ConnectionAborted,
+                                "408 on an idle connection",
+                            );
+                            if let Err(e) = this.stale(true, error) {
+                                return Poll::Ready(Err(e));
+                            }
+                            continue;
+                        }
                         Ok(Some(head)) => {
                             let SendState::Read { conn, .. } =
                                 std::mem::replace(&mut this.state, SendState::Done)

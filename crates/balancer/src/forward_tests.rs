@@ -1083,3 +1083,51 @@ async fn informational_answers_are_skipped() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(within(body_text(response)).await.unwrap(), "ok");
 }
+
+#[tokio::test]
+async fn a_408_left_on_an_idle_connection_is_not_taken_for_the_answer() {
+    // The first connection answers once, then announces its idle timeout with a 408 and
+    // closes; later connections answer normally.
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    let (idle_tx, idle_rx) = oneshot::channel::<()>();
+    let (go_tx, go_rx) = oneshot::channel::<()>();
+    let cue = Arc::new(Mutex::new(Some((go_rx, idle_tx))));
+    let addr = raw_upstream(move |mut stream| {
+        let first = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+        let cue = if first { cue.lock().unwrap().take() } else { None };
+        async move {
+            read_head(&mut stream).await;
+            let body = if first { "first" } else { "second" };
+            let answer = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+            stream.write_all(answer.as_bytes()).await.unwrap();
+            if let Some((go, idle_tx)) = cue {
+                // Sent once the first answer has been read, so it waits alone on the idle
+                // connection rather than arriving with that answer.
+                let _ = go.await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n")
+                    .await;
+                let _ = idle_tx.send(());
+                // Keep the connection open for a while so the stale answer is all it holds.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    })
+    .await;
+    let forwarder = Forwarder::new();
+    let target = target(addr);
+    let response = within(forwarder.forward(get("/one"), &target, InFlight::new().lease(), &ctx()))
+        .await
+        .unwrap();
+    assert_eq!(within(body_text(response)).await.unwrap(), "first");
+    assert_eq!(target.conns.direct().idle_count(), 1);
+    go_tx.send(()).unwrap();
+    within(idle_rx).await.unwrap();
+    let response = within(forwarder.forward(get("/two"), &target, InFlight::new().lease(), &ctx()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(within(body_text(response)).await.unwrap(), "second");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+}
