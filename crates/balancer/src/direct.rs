@@ -12,6 +12,11 @@
 //! transfer coding is `chunked` (trailers are relayed); otherwise `Content-Length`; otherwise
 //! until the target closes. A connection is reused only when its response was read to its
 //! end, nothing followed it, and neither side asked to close.
+//!
+//! Idle connections are not watched (no task, no system call per request). A connection the
+//! target closed while idle shows when it is next used, before any byte of an answer, and the
+//! request (idempotent) is sent again on a new one; so is a `408` found there, which some
+//! servers send before closing an idle connection.
 
 use std::future::Future;
 use std::io;
