@@ -331,10 +331,8 @@ mod tests {
 
     #[tokio::test]
     async fn dial_error_names_the_address() {
-        let addr = {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            listener.local_addr().unwrap()
-        };
+        // Port 1: nothing listens there, and no other test can take it meanwhile.
+        let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
         let authority: Authority = addr.to_string().parse().unwrap();
         let error = dial(&authority).await.unwrap_err();
         let text = error.to_string();

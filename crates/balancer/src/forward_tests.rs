@@ -366,10 +366,9 @@ async fn target_timeout_starts_after_the_request_body_is_sent() {
 
 #[tokio::test]
 async fn connection_refused_is_502() {
-    let addr = {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap()
-    };
+    // Port 1: nothing listens there, and unlike a port just freed, no other test can take it
+    // meanwhile and no connect can meet itself on it (it is outside the ephemeral range).
+    let addr: SocketAddr = "127.0.0.1:1".parse().unwrap();
     let forwarder = Forwarder::new();
     let tracker = InFlight::new();
     let error = within(forwarder.forward(get("/"), &target(addr), tracker.lease(), &ctx()))
@@ -807,10 +806,8 @@ async fn failures_are_logged_with_spec_fields() {
     let capture = Capture::default();
     let _guard =
         tracing::subscriber::set_default(tracing_subscriber::registry().with(capture.clone()));
-    let refused = {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap()
-    };
+    // Port 1: nothing listens there (see connection_refused_is_502).
+    let refused: SocketAddr = "127.0.0.1:1".parse().unwrap();
     let forwarder = Forwarder::new();
     let tracker = InFlight::new();
     let error = within(forwarder.forward(get("/a%20b"), &target(refused), tracker.lease(), &ctx()))

@@ -666,11 +666,9 @@ mod tests {
 
     #[tokio::test]
     async fn connection_refused_is_worded_like_go() {
-        // Bind then drop a listener so the port is (very likely) closed.
-        let port = {
-            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            l.local_addr().unwrap().port()
-        };
+        // Port 1: nothing listens there, and unlike a port just freed, no other test can take
+        // it meanwhile and no connect can meet itself on it (outside the ephemeral range).
+        let port = 1;
         let addr = TargetAddr::parse(&format!("127.0.0.1:{port}")).unwrap();
         let err = Probe::new(&addr, &config("/up")).check().await.unwrap_err();
         assert_eq!(
