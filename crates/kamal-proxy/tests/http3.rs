@@ -24,20 +24,7 @@ fn https_addr(proxy: &Proxy) -> SocketAddr {
 /// Deploys service `a` for `a.test` with TLS and a certificate from `ca`.
 fn deploy_tls(proxy: &Proxy, upstream: &Upstream, ca: &TestCa, dir: &Path) {
     let (crt, key) = ca.issue(&["a.test"]).write(dir, "a");
-    let out = proxy.deploy(
-        "a",
-        &[
-            "--target",
-            &upstream.address(),
-            "--host",
-            "a.test",
-            "--tls",
-            "--tls-certificate-path",
-            crt.to_str().unwrap(),
-            "--tls-private-key-path",
-            key.to_str().unwrap(),
-        ],
-    );
+    let out = proxy.deploy_tls("a", &upstream.address(), "a.test", &crt, &key);
     assert_eq!(out.code(), Some(0), "{}", out.stderr_text());
 }
 

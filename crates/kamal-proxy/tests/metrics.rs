@@ -304,20 +304,7 @@ async fn operator_metrics_show_targets_deploys_and_certificates() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
     let (crt, key) = ca.issue(&["a.test"]).write(dir.path(), "a");
-    let out = proxy.deploy(
-        "a",
-        &[
-            "--target",
-            &a.address(),
-            "--host",
-            "a.test",
-            "--tls",
-            "--tls-certificate-path",
-            crt.to_str().unwrap(),
-            "--tls-private-key-path",
-            key.to_str().unwrap(),
-        ],
-    );
+    let out = proxy.deploy_tls("a", &a.address(), "a.test", &crt, &key);
     assert_eq!(out.code(), Some(0), "{}", out.stderr_text());
     let sick = Upstream::builder("sick").healthy(false).start();
     let out = proxy.cli(&[

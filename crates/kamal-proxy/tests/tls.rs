@@ -37,8 +37,12 @@ async fn custom_certificates_are_chosen_by_sni_and_http2_works() {
     let (w_crt, w_key) = w_cert.write(dir.path(), "w");
     let a = Upstream::start("a");
     let w = Upstream::start("w");
-    deploy_with_certificate(&proxy, "a", &a, "a.test", &a_crt, &a_key).await;
-    deploy_with_certificate(&proxy, "w", &w, "*.w.test", &w_crt, &w_key).await;
+    proxy
+        .deploy_tls_async("a", &a.address(), "a.test", &a_crt, &a_key)
+        .await;
+    proxy
+        .deploy_tls_async("w", &w.address(), "*.w.test", &w_crt, &w_key)
+        .await;
     let addr = https_addr(&proxy);
     let roots = Verify::Roots(Arc::new(ca.roots()));
 
@@ -108,7 +112,9 @@ async fn a_mismatched_key_fails_the_deploy_and_the_old_service_keeps_serving() {
     let (crt, key) = good.write(dir.path(), "good");
     let (_, other_key) = other.write(dir.path(), "other");
     let a = Upstream::start("a");
-    deploy_with_certificate(&proxy, "a", &a, "a.test", &crt, &key).await;
+    proxy
+        .deploy_tls_async("a", &a.address(), "a.test", &crt, &key)
+        .await;
     let b = Upstream::start("b");
     let out = proxy
         .cli_async(&[
@@ -199,7 +205,9 @@ async fn bad_handshakes_do_not_disturb_other_clients() {
     let cert = ca.issue(&["a.test"]);
     let (crt, key) = cert.write(dir.path(), "a");
     let a = Upstream::start("a");
-    deploy_with_certificate(&proxy, "a", &a, "a.test", &crt, &key).await;
+    proxy
+        .deploy_tls_async("a", &a.address(), "a.test", &crt, &key)
+        .await;
     let addr = https_addr(&proxy);
     // Garbage instead of a ClientHello: the proxy closes the connection.
     let mut garbage = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -256,7 +264,28 @@ fn free_port() -> u16 {
         .unwrap()
 }
 
+/// Pebble validating against a `kamal-proxy run` on fresh ports that trusts pebble's own
+/// HTTPS certificate.
+fn pebble_and_server() -> (Pebble, Server) {
+    let (http, https) = (free_port(), free_port());
+    let pebble = Pebble::start(http, https);
+    let server = Server::start(
+        tempfile::tempdir().unwrap(),
+        http,
+        https,
+        vec![(
+            "SSL_CERT_FILE".into(),
+            pebble.api_ca_file().to_string_lossy().into_owned(),
+        )],
+    );
+    (pebble, server)
+}
+
 impl Server {
+    fn https_addr(&self) -> SocketAddr {
+        ([127, 0, 0, 1], self.https).into()
+    }
+
     fn start(home: tempfile::TempDir, http: u16, https: u16, env: Vec<(String, String)>) -> Server {
         let mut server = Server {
             child: None,
@@ -343,18 +372,7 @@ impl Drop for Server {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acme_certificates_from_pebble_per_service_and_reused_after_restart() {
-    let (http, https) = (free_port(), free_port());
-    let pebble = Pebble::start(http, https);
-    let ca_file = pebble.api_ca_file();
-    let mut server = Server::start(
-        tempfile::tempdir().unwrap(),
-        http,
-        https,
-        vec![(
-            "SSL_CERT_FILE".into(),
-            ca_file.to_string_lossy().into_owned(),
-        )],
-    );
+    let (pebble, mut server) = pebble_and_server();
     let one = Upstream::start("one");
     let two = Upstream::start("two");
     let directory = pebble.directory_url();
@@ -370,7 +388,7 @@ async fn acme_certificates_from_pebble_per_service_and_reused_after_restart() {
             &directory,
         ]);
     }
-    let addr: SocketAddr = ([127, 0, 0, 1], https).into();
+    let addr = server.https_addr();
     let roots = Verify::Roots(Arc::new(pebble.issuing_root().await.unwrap()));
     let mut leaves = Vec::new();
     for (host, name) in [("one.test", "one"), ("two.test", "two")] {
@@ -433,17 +451,7 @@ async fn check_server() -> (u16, Arc<[std::sync::atomic::AtomicUsize; 2]>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_demand_tls_issues_for_approved_hosts_and_rate_limits_denied_ones() {
     use std::sync::atomic::Ordering;
-    let (http, https) = (free_port(), free_port());
-    let pebble = Pebble::start(http, https);
-    let server = Server::start(
-        tempfile::tempdir().unwrap(),
-        http,
-        https,
-        vec![(
-            "SSL_CERT_FILE".into(),
-            pebble.api_ca_file().to_string_lossy().into_owned(),
-        )],
-    );
+    let (pebble, server) = pebble_and_server();
     let (check_port, counts) = check_server().await;
     let app = Upstream::start("app");
     let check_url = format!("http://127.0.0.1:{check_port}/check");
@@ -457,7 +465,7 @@ async fn on_demand_tls_issues_for_approved_hosts_and_rate_limits_denied_ones() {
         "--tls-acme-directory",
         &pebble.directory_url(),
     ]);
-    let addr: SocketAddr = ([127, 0, 0, 1], https).into();
+    let addr = server.https_addr();
     let roots = Verify::Roots(Arc::new(pebble.issuing_root().await.unwrap()));
     let reply = https_get(addr, Some("ok.od.test"), "ok.od.test", "/", roots, H2_H1)
         .await
@@ -484,17 +492,7 @@ async fn on_demand_tls_issues_for_approved_hosts_and_rate_limits_denied_ones() {
 /// step 4): `GET <path>?host=<name>` with `Host: <name>` reaches the target; 200 approves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_demand_path_form_asks_the_service_itself() {
-    let (http, https) = (free_port(), free_port());
-    let pebble = Pebble::start(http, https);
-    let server = Server::start(
-        tempfile::tempdir().unwrap(),
-        http,
-        https,
-        vec![(
-            "SSL_CERT_FILE".into(),
-            pebble.api_ca_file().to_string_lossy().into_owned(),
-        )],
-    );
+    let (pebble, server) = pebble_and_server();
     let app = Upstream::start("app");
     server.deploy(&[
         "pf",
@@ -505,7 +503,7 @@ async fn on_demand_path_form_asks_the_service_itself() {
         "--tls-acme-directory",
         &pebble.directory_url(),
     ]);
-    let addr: SocketAddr = ([127, 0, 0, 1], https).into();
+    let addr = server.https_addr();
     let roots = Verify::Roots(Arc::new(pebble.issuing_root().await.unwrap()));
     let reply = https_get(addr, Some("ok.pf.test"), "ok.pf.test", "/", roots, H2_H1)
         .await
@@ -552,31 +550,4 @@ async fn wait_for_log(server: &Server, needle: &str) -> String {
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-}
-
-/// Deploys `service` on `host` with `--tls` and a custom certificate and key.
-async fn deploy_with_certificate(
-    proxy: &Proxy,
-    service: &str,
-    upstream: &Upstream,
-    host: &str,
-    certificate: &std::path::Path,
-    key: &std::path::Path,
-) {
-    proxy
-        .deploy_async(
-            service,
-            &[
-                "--target",
-                &upstream.address(),
-                "--host",
-                host,
-                "--tls",
-                "--tls-certificate-path",
-                path_str(certificate),
-                "--tls-private-key-path",
-                path_str(key),
-            ],
-        )
-        .await;
 }

@@ -345,6 +345,31 @@ impl Proxy {
         expect_success(&all, self.cli_async(&all).await)
     }
 
+    /// Deploys `service` on `host` with TLS from a custom certificate and key (PEM files).
+    pub fn deploy_tls(
+        &self,
+        service: &str,
+        target: &str,
+        host: &str,
+        certificate: &Path,
+        key: &Path,
+    ) -> Output {
+        self.deploy(service, &tls_args(target, host, certificate, key))
+    }
+
+    /// Async [`deploy_tls`](Self::deploy_tls).
+    pub async fn deploy_tls_async(
+        &self,
+        service: &str,
+        target: &str,
+        host: &str,
+        certificate: &Path,
+        key: &Path,
+    ) -> Output {
+        self.deploy_async(service, &tls_args(target, host, certificate, key))
+            .await
+    }
+
     /// Every stdout line so far (across restarts).
     pub fn logs(&self) -> Vec<String> {
         self.stdout.snapshot()
@@ -491,6 +516,26 @@ impl OutputExt for Output {
     fn code(&self) -> Option<i32> {
         self.status.code()
     }
+}
+
+/// The deploy flags of a service with a custom certificate.
+fn tls_args<'a>(
+    target: &'a str,
+    host: &'a str,
+    certificate: &'a Path,
+    key: &'a Path,
+) -> [&'a str; 9] {
+    [
+        "--target",
+        target,
+        "--host",
+        host,
+        "--tls",
+        "--tls-certificate-path",
+        certificate.to_str().expect("UTF-8 certificate path"),
+        "--tls-private-key-path",
+        key.to_str().expect("UTF-8 key path"),
+    ]
 }
 
 #[cfg(test)]
