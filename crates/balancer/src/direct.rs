@@ -36,6 +36,7 @@ use tokio_util::io::poll_read_buf;
 
 use crate::conns::{dial, DialError, MAX_IDLE_PER_TARGET};
 use crate::forward_error::BoxError;
+use crate::headers::{has_token, tokens};
 
 /// Largest response head accepted: status line, headers and any 1xx heads before it.
 const MAX_HEAD: usize = 64 * 1024;
@@ -233,33 +234,32 @@ impl Future for DirectSend<'_> {
                     written,
                     reused,
                 } => {
-                    while *written < this.head.len() {
+                    let reused = *reused;
+                    let result = loop {
+                        if *written == this.head.len() {
+                            break Ok(());
+                        }
                         let polled =
                             Pin::new(&mut conn.stream).poll_write(cx, &this.head[*written..]);
                         match ready!(polled) {
-                            Ok(0) => {
-                                let reused = *reused;
-                                let error = io::Error::from(io::ErrorKind::WriteZero);
-                                if let Err(e) = this.stale(reused, error) {
-                                    return Poll::Ready(Err(e));
-                                }
-                                break;
-                            }
+                            Ok(0) => break Err(io::Error::from(io::ErrorKind::WriteZero)),
                             Ok(n) => *written += n,
-                            Err(error) => {
-                                let reused = *reused;
-                                if let Err(e) = this.stale(reused, error) {
-                                    return Poll::Ready(Err(e));
-                                }
-                                break;
-                            }
+                            Err(error) => break Err(error),
                         }
-                    }
-                    if let SendState::Write { .. } = this.state {
-                        if let SendState::Write { conn, reused, .. } =
-                            std::mem::replace(&mut this.state, SendState::Done)
-                        {
+                    };
+                    match result {
+                        Ok(()) => {
+                            let SendState::Write { conn, .. } =
+                                std::mem::replace(&mut this.state, SendState::Done)
+                            else {
+                                unreachable!("matched above");
+                            };
                             this.state = SendState::Read { conn, reused };
+                        }
+                        Err(error) => {
+                            if let Err(e) = this.stale(reused, error) {
+                                return Poll::Ready(Err(e));
+                            }
                         }
                     }
                 }
@@ -386,8 +386,8 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
         }
         let framing = framing(&map, status, head_request)?;
         let keep_alive = match version {
-            Version::HTTP_11 => !has_token(&map, "close"),
-            _ => has_token(&map, "keep-alive"),
+            Version::HTTP_11 => !has_token(&map, &CONNECTION, "close"),
+            _ => has_token(&map, &CONNECTION, "keep-alive"),
         };
         let reusable = keep_alive && !matches!(framing, Framing::Close);
         let mut response = Response::new(());
@@ -402,15 +402,6 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
     }
 }
 
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers.get_all(CONNECTION).iter().any(|value| {
-        value
-            .as_bytes()
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    })
-}
-
 fn framing(headers: &HeaderMap, status: StatusCode, head_request: bool) -> io::Result<Framing> {
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Done);
@@ -420,8 +411,8 @@ fn framing(headers: &HeaderMap, status: StatusCode, head_request: bool) -> io::R
             .get_all(TRANSFER_ENCODING)
             .iter()
             .next_back()
-            .and_then(|v| v.as_bytes().split(|b| *b == b',').next_back())
-            .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            .and_then(|v| tokens(v).last())
+            .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
         return Ok(if chunked {
             Framing::Chunked(Chunked::default())
         } else {

@@ -191,7 +191,29 @@ where
         parts.version = Version::HTTP_11;
 
         let has_body = !body.is_end_stream();
-        if direct::eligible(&parts.method, has_body, protocol.is_some()) {
+        let direct = direct::eligible(&parts.method, has_body, protocol.is_some());
+        // The target timeout counts from the moment the request body has been sent; a request
+        // without a body is sent at once.
+        let (sent_tx, sent_rx) = if has_body {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        let timer = tokio::time::sleep(ctx.target_timeout);
+        let exchange = Some(Exchange {
+            watch: DrainWatch::new(&lease),
+            lease,
+            sent: sent_rx,
+            armed: false,
+            timeout: ctx.target_timeout,
+            protocol,
+            client_upgrade,
+            original_uri,
+            upstream,
+        });
+
+        if direct {
             let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
             let head = direct::encode_head(&parts.method, target, &parts.headers);
             let send = DirectSend::new(
@@ -203,45 +225,16 @@ where
             );
             return Forwarding::Direct {
                 send,
-                timer: tokio::time::sleep(ctx.target_timeout),
-                exchange: Some(Exchange {
-                    watch: DrainWatch::new(&lease),
-                    lease,
-                    sent: None,
-                    armed: false,
-                    timeout: ctx.target_timeout,
-                    protocol: None,
-                    client_upgrade: None,
-                    original_uri,
-                    upstream,
-                }),
+                timer,
+                exchange,
             };
         }
-
-        // The target timeout counts from the moment the request body has been sent; a request
-        // without a body is sent at once.
-        let (sent_tx, sent_rx) = if !has_body {
-            (None, None)
-        } else {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(rx))
-        };
         let request = Request::from_parts(parts, RequestBody::new(body, sent_tx));
         let conns = upstream.conns.get::<RequestBody<B>>();
         Forwarding::Running {
             send: conns::send(conns, &upstream.authority, request, self.policy),
-            timer: tokio::time::sleep(ctx.target_timeout),
-            exchange: Some(Exchange {
-                watch: DrainWatch::new(&lease),
-                lease,
-                sent: sent_rx,
-                armed: false,
-                timeout: ctx.target_timeout,
-                protocol,
-                client_upgrade,
-                original_uri,
-                upstream,
-            }),
+            timer,
+            exchange,
         }
     }
 }

@@ -239,7 +239,7 @@ fn scheme_value(tls: bool) -> HeaderValue {
 }
 
 /// Whether any value of header `name` contains `token` in its comma-separated list.
-fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
+pub(crate) fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     headers
         .get_all(name)
         .iter()
@@ -247,7 +247,7 @@ fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
 }
 
 /// The comma-separated, whitespace-trimmed, non-empty tokens of a header value.
-fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
+pub(crate) fn tokens(value: &HeaderValue) -> impl Iterator<Item = &[u8]> {
     value
         .as_bytes()
         .split(|b| *b == b',')
