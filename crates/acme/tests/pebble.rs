@@ -11,7 +11,7 @@ use std::time::Duration;
 use kamal_acme::{AcmeSettings, AcmeTarget, BoxFuture, CertStore, HostCheck, TlsAcceptor};
 use test_support::pebble::Pebble;
 use test_support::tls::{handshake, TestCa, Verify};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::io::AsyncWriteExt as _;
 use tokio::net::TcpListener;
 
 const H2_H1: &[&[u8]] = &[b"h2", b"http/1.1"];
@@ -66,15 +66,10 @@ impl Listeners {
             while let Ok((mut stream, _)) = self.http.accept().await {
                 let store = Arc::clone(&store);
                 tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let mut len = 0;
-                    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
-                        match stream.read(&mut buf[len..]).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => len += n,
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&buf[..len]).into_owned();
+                    let Some(head) = test_support::client::read_request_head(&mut stream).await
+                    else {
+                        return;
+                    };
                     let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
                     let host = head
                         .lines()

@@ -284,6 +284,20 @@ pub async fn raw_exchange(
     Ok(reply)
 }
 
+/// Reads a request head (up to and including the blank line, at most 4 KiB) from a stream a
+/// hand-written test server accepted. `None` if the peer closed or failed first.
+pub async fn read_request_head(stream: &mut TcpStream) -> Option<String> {
+    let mut buf = vec![0u8; 4096];
+    let mut len = 0;
+    while !buf[..len].windows(4).any(|w| w == b"\r\n\r\n") && len < buf.len() {
+        match stream.read(&mut buf[len..]).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => len += n,
+        }
+    }
+    Some(String::from_utf8_lossy(&buf[..len]).into_owned())
+}
+
 /// The status code of the first HTTP/1.x status line in `reply`, if any.
 pub fn status_of(reply: &[u8]) -> Option<u16> {
     let text = std::str::from_utf8(reply.get(..reply.len().min(64))?).ok()?;
