@@ -314,3 +314,22 @@ async fn websocket_is_logged_when_its_tunnel_closes() {
         "the duration covers the tunnel: {line}"
     );
 }
+
+/// The log goes to a pipe here, as to a container runtime's log driver: the proxy widens it so
+/// a reader that lags for a moment does not stall requests after the default 64 KiB.
+#[tokio::test]
+async fn a_stdout_pipe_is_widened_to_one_mebibyte() {
+    let proxy = start_proxy();
+    let pid = proxy.pid().expect("the proxy runs");
+    // The same pipe, reached through the proxy's own descriptor 1.
+    let stdout = std::fs::OpenOptions::new()
+        .write(true)
+        .open(format!("/proc/{pid}/fd/1"))
+        .expect("open the proxy's stdout");
+    let size = rustix::pipe::fcntl_getpipe_size(&stdout).expect("stdout is a pipe");
+    let max: usize = std::fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 20);
+    assert!(size >= (1 << 20).min(max), "pipe size {size}");
+}
