@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
@@ -108,26 +107,34 @@ async fn serve_until_signal(config: RunConfig) -> Result<(), String> {
         kamal_control::server::ControlListener::bind(&socket).map_err(|e| e.to_string())?;
 
     let stop = CancellationToken::new();
-    let graceful = Arc::new(GracefulShutdown::new());
+    let connections = serve::Connections::new();
     let mut tasks = tokio::task::JoinSet::new();
     let http_loop = tokio::spawn(serve::accept_loop(
         http,
         false,
         config.http_port,
         Arc::clone(&app),
-        Arc::clone(&graceful),
+        connections.clone(),
         stop.clone(),
     ));
     let https_loop = {
-        let (tls, app, graceful, stop) = (
+        let (tls, app, connections, stop) = (
             Arc::clone(&tls),
             Arc::clone(&app),
-            Arc::clone(&graceful),
+            connections.clone(),
             stop.clone(),
         );
         tokio::spawn(async move {
-            serve::tls_accept_loop(https, config.https_port, tls, app, &graceful, stop, alt_svc)
-                .await
+            serve::tls_accept_loop(
+                https,
+                config.https_port,
+                tls,
+                app,
+                connections,
+                stop,
+                alt_svc,
+            )
+            .await
         })
     };
     let metrics_loop = match (metrics_listener, metrics) {
@@ -136,7 +143,7 @@ async fn serve_until_signal(config: RunConfig) -> Result<(), String> {
             false,
             config.metrics_port,
             crate::metrics::Endpoint::new(metrics, Arc::clone(&app)),
-            Arc::clone(&graceful),
+            connections.clone(),
             stop.clone(),
         ))),
         _ => None,
@@ -156,40 +163,24 @@ async fn serve_until_signal(config: RunConfig) -> Result<(), String> {
     wait_for_signal().await;
 
     stop.cancel();
-    // The accept loop holds the other reference to `graceful`; it returns at once on `stop`.
     let _ = http_loop.await;
     let _ = https_loop.await;
     if let Some(metrics_loop) = metrics_loop {
         let _ = metrics_loop.await;
     }
-    let graceful = reclaim(graceful).await;
     let http3 = async {
         if let Some(http3) = http3 {
             http3.shutdown().await;
         }
     };
     // One shared deadline for the TCP listeners and HTTP/3 (spec §1.6).
-    let both = async { futures_util::join!(graceful.shutdown(), http3) };
+    let both = async { futures_util::join!(connections.shutdown(), http3) };
     if tokio::time::timeout(SHUTDOWN_GRACE, both).await.is_err() {
         tracing::warn!("Closing active connections");
     }
     tasks.shutdown().await;
     tracing::info!("Server stopped");
     Ok(())
-}
-
-/// Takes back sole ownership of the shutdown watcher. TLS handshake tasks hold it only weakly
-/// and for an instant while registering a finished connection, so a few tries suffice.
-async fn reclaim(mut graceful: Arc<GracefulShutdown>) -> GracefulShutdown {
-    for _ in 0..100 {
-        match Arc::try_unwrap(graceful) {
-            Ok(g) => return g,
-            Err(shared) => graceful = shared,
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    // Still shared: shut down without waiting rather than hang.
-    GracefulShutdown::new()
 }
 
 async fn wait_for_signal() {

@@ -1,5 +1,5 @@
-//! Listeners and connections: accepting TCP, serving HTTP/1.1 and h2c with hyper-util, and
-//! shutting down gracefully.
+//! Listeners and connections: accepting TCP, serving HTTP/1.1 (the common requests in
+//! [`crate::h1`], everything else and h2c with hyper-util), and shutting down gracefully.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -15,10 +15,10 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::access_log::ConnInfo;
 use crate::body::ResponseBody;
@@ -37,6 +37,8 @@ pub enum RequestBody {
     Http(Incoming),
     /// From an HTTP/3 request stream.
     Http3(crate::http3::H3Body),
+    /// No body: a `GET` or `HEAD` served by [`crate::h1`].
+    Empty,
 }
 
 impl http_body::Body for RequestBody {
@@ -53,6 +55,7 @@ impl http_body::Body for RequestBody {
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(Into::into))),
             RequestBody::Http3(body) => std::pin::Pin::new(body).poll_frame(cx),
+            RequestBody::Empty => std::task::Poll::Ready(None),
         }
     }
 
@@ -60,6 +63,7 @@ impl http_body::Body for RequestBody {
         match self {
             RequestBody::Http(body) => body.is_end_stream(),
             RequestBody::Http3(body) => body.is_end_stream(),
+            RequestBody::Empty => true,
         }
     }
 
@@ -67,6 +71,7 @@ impl http_body::Body for RequestBody {
         match self {
             RequestBody::Http(body) => body.size_hint(),
             RequestBody::Http3(body) => body.size_hint(),
+            RequestBody::Empty => http_body::SizeHint::with_exact(0),
         }
     }
 }
@@ -124,13 +129,41 @@ pub fn builder() -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Accepts connections until `stop` fires; each connection is watched by `graceful`.
+/// Every connection of every TCP listener, so that shutdown can tell them to finish what they
+/// are doing and wait until they have.
+#[derive(Debug, Clone, Default)]
+pub struct Connections {
+    stop: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Connections {
+    /// No connections yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Runs a connection in a task of its own, counted until it ends.
+    fn spawn(&self, connection: impl Future<Output = ()> + Send + 'static) {
+        self.tracker.spawn(connection);
+    }
+
+    /// Asks every connection to close once its request in flight is answered (idle ones close
+    /// at once), and waits until all have closed.
+    pub async fn shutdown(&self) {
+        self.tracker.close();
+        self.stop.cancel();
+        self.tracker.wait().await;
+    }
+}
+
+/// Accepts connections until `stop` fires; each connection is counted in `connections`.
 pub async fn accept_loop<H: HttpHandler>(
     listener: TcpListener,
     tls: bool,
     configured_port: u16,
     handler: Arc<H>,
-    graceful: Arc<GracefulShutdown>,
+    connections: Connections,
     stop: CancellationToken,
 ) {
     let builder = Arc::new(builder());
@@ -152,96 +185,90 @@ pub async fn accept_loop<H: HttpHandler>(
             tls,
             port: configured_port,
         };
-        serve_connection(
-            stream,
-            conn,
-            Arc::clone(&handler),
-            Arc::clone(&builder),
-            &graceful,
-        );
+        let _ = stream.set_nodelay(true);
+        let (handler, builder) = (Arc::clone(&handler), Arc::clone(&builder));
+        let shutdown = connections.stop.clone();
+        // The connection's future is built inside its task, so it is moved once, into the
+        // task's state, rather than through every layer on the way to `spawn`.
+        connections.spawn(async move {
+            let fallback = {
+                let (handler, shutdown) = (Arc::clone(&handler), shutdown.clone());
+                move |stream, read: bytes::Bytes| {
+                    serve_hyper(
+                        Prefixed::new(stream, read),
+                        conn,
+                        handler,
+                        builder,
+                        shutdown,
+                        None,
+                    )
+                }
+            };
+            let call = |req| answer(Arc::clone(&handler), req, conn, None);
+            crate::h1::serve(stream, call, shutdown, fallback).await;
+        });
     }
 }
 
-fn serve_connection<H: HttpHandler>(
-    stream: TcpStream,
-    conn: ConnInfo,
+/// Answers one request: the handler's response, or a 500 page if it panicked (a bug in one
+/// request must not take the connection task, or the process, down). With `alt_svc` (HTTPS with
+/// HTTP/3 on) the response advertises HTTP/3 unless the target set its own value (§10.7).
+async fn answer<H: HttpHandler>(
     handler: Arc<H>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    graceful: &GracefulShutdown,
-) {
-    let _ = stream.set_nodelay(true);
-    serve_io(
-        ReadAhead::new(stream),
-        conn,
-        handler,
-        builder,
-        graceful,
-        None,
-    );
-}
-
-/// Size of the first read on a plain-HTTP connection: enough for a typical request head.
-const FIRST_READ: usize = 4096;
-
-/// A connection whose first read asks the socket for up to [`FIRST_READ`] bytes and hands them
-/// out from memory.
-///
-/// hyper-util's protocol detection reads the first 24 bytes alone (to tell an HTTP/2 preface
-/// from an HTTP/1.1 request), which would cost every connection one extra `read(2)`: reading
-/// ahead turns the detection read and hyper's first read of the head into one system call.
-struct ReadAhead<IO> {
-    io: IO,
-    /// Bytes read from the socket but not yet handed out, from `pos` on; `None` once drained.
-    ahead: Option<(Box<[u8]>, usize, usize)>,
-    /// Whether the first read has happened.
-    started: bool,
-}
-
-impl<IO> ReadAhead<IO> {
-    fn new(io: IO) -> Self {
-        Self {
-            io,
-            ahead: None,
-            started: false,
+    req: Request<RequestBody>,
+    conn: ConnInfo,
+    alt_svc: Option<HeaderValue>,
+) -> Response<ResponseBody> {
+    // Boxed: the request's future is large, and callers move the future this one is part of;
+    // a pointer moves cheaply.
+    let call = Box::pin(handler.call(req, conn));
+    let mut response = AssertUnwindSafe(call)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|_| {
+            tracing::error!("Request handler panicked");
+            crate::rescue::page(StatusCode::INTERNAL_SERVER_ERROR, None)
+        });
+    if let Some(value) = alt_svc {
+        if let http::header::Entry::Vacant(slot) =
+            response.headers_mut().entry(http::header::ALT_SVC)
+        {
+            slot.insert(value);
         }
     }
+    response
 }
 
-impl<IO: AsyncRead + Unpin> AsyncRead for ReadAhead<IO> {
+/// A connection whose first bytes were already read: they are handed out before the
+/// connection's own.
+struct Prefixed<IO> {
+    io: IO,
+    read: bytes::Bytes,
+}
+
+impl<IO> Prefixed<IO> {
+    fn new(io: IO, read: bytes::Bytes) -> Self {
+        Self { io, read }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        if let Some((data, pos, end)) = &mut this.ahead {
-            let n = buf.remaining().min(*end - *pos);
-            buf.put_slice(&data[*pos..*pos + n]);
-            *pos += n;
-            if *pos == *end {
-                this.ahead = None;
-            }
+        if !this.read.is_empty() {
+            let n = buf.remaining().min(this.read.len());
+            buf.put_slice(&this.read.split_to(n));
             return Poll::Ready(Ok(()));
         }
-        if this.started || buf.remaining() >= FIRST_READ {
-            this.started = true;
-            return Pin::new(&mut this.io).poll_read(cx, buf);
-        }
-        let mut data = vec![0; FIRST_READ].into_boxed_slice();
-        let mut first = ReadBuf::new(&mut data);
-        std::task::ready!(Pin::new(&mut this.io).poll_read(cx, &mut first))?;
-        this.started = true;
-        let end = first.filled().len();
-        let n = buf.remaining().min(end);
-        buf.put_slice(&data[..n]);
-        if n < end {
-            this.ahead = Some((data, n, end));
-        }
-        Poll::Ready(Ok(()))
+        Pin::new(&mut this.io).poll_read(cx, buf)
     }
 }
 
-impl<IO: AsyncWrite + Unpin> AsyncWrite for ReadAhead<IO> {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -271,55 +298,42 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for ReadAhead<IO> {
     }
 }
 
-/// Serves HTTP/1.1 and HTTP/2 on an established byte stream (plain TCP or TLS).
-fn serve_io<H, IO>(
+/// Serves HTTP/1.1 and HTTP/2 with hyper-util on an established byte stream (TLS, or plain TCP
+/// that [`crate::h1`] handed over) until it closes; `stop` makes it finish gracefully.
+async fn serve_hyper<H, IO>(
     io: IO,
     conn: ConnInfo,
     handler: Arc<H>,
     builder: Arc<auto::Builder<TokioExecutor>>,
-    graceful: &GracefulShutdown,
+    stop: CancellationToken,
     alt_svc: Option<HeaderValue>,
 ) where
     H: HttpHandler,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let handler = Arc::clone(&handler);
-        let alt_svc = alt_svc.clone();
-        async move {
-            // A bug in one request must not take the connection task (or the process) down.
-            // Boxed: the request's future is large, and hyper moves the service's future
-            // into its connection state; a pointer moves cheaply.
-            let call = Box::pin(handler.call(req.map(RequestBody::Http), conn));
-            let mut response = AssertUnwindSafe(call)
-                .catch_unwind()
-                .await
-                .unwrap_or_else(|_| {
-                    tracing::error!("Request handler panicked");
-                    crate::rescue::page(StatusCode::INTERNAL_SERVER_ERROR, None)
-                });
-            // HTTP/3 is advertised on every HTTPS response; a target's own value wins (§10.7).
-            if let Some(value) = alt_svc {
-                if let http::header::Entry::Vacant(slot) =
-                    response.headers_mut().entry(http::header::ALT_SVC)
-                {
-                    slot.insert(value);
-                }
-            }
-            Ok::<_, Infallible>(response)
-        }
+        let response = answer(
+            Arc::clone(&handler),
+            req.map(RequestBody::Http),
+            conn,
+            alt_svc.clone(),
+        );
+        async move { Ok::<_, Infallible>(response.await) }
     });
-    let watcher = graceful.watcher();
-    // The connection future (about 2 KiB) is built inside its task, so it is moved once, into
-    // the task's state, rather than through every layer on the way to `spawn`.
-    tokio::spawn(async move {
-        let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-        // Connection errors (resets, malformed requests already answered by hyper) are the
-        // client's business; there is nothing useful to log at info level.
-        if let Err(e) = watcher.watch(connection).await {
-            tracing::debug!(error = %e, "Connection error");
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        _ = stop.cancelled() => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
         }
-    });
+    };
+    // Connection errors (resets, malformed requests already answered by hyper) are the
+    // client's business; there is nothing useful to log at info level.
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "Connection error");
+    }
 }
 
 /// Accepts TLS connections until `stop` fires. Each handshake runs in its own task (a slow or
@@ -331,13 +345,11 @@ pub async fn tls_accept_loop<H: HttpHandler>(
     configured_port: u16,
     tls: Arc<Tls>,
     handler: Arc<H>,
-    graceful: &Arc<GracefulShutdown>,
+    connections: Connections,
     stop: CancellationToken,
     alt_svc: Option<HeaderValue>,
 ) {
     let builder = Arc::new(builder());
-    // Handshake tasks hold the shutdown watcher weakly, so shutdown can take it back.
-    let weak_graceful = Arc::downgrade(graceful);
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => return,
@@ -359,19 +371,17 @@ pub async fn tls_accept_loop<H: HttpHandler>(
         };
         let (tls, handler, builder) =
             (Arc::clone(&tls), Arc::clone(&handler), Arc::clone(&builder));
-        let graceful = weak_graceful.clone();
-        let stop = stop.clone();
+        let shutdown = connections.stop.clone();
         let alt_svc = alt_svc.clone();
-        tokio::spawn(async move {
+        // Handshakes are counted too: shutdown waits for them, and they end at once on `stop`.
+        connections.spawn(async move {
             let accepted = tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = shutdown.cancelled() => return,
                 accepted = tls.accept(stream) => accepted,
             };
             match accepted {
                 Ok(Some(stream)) => {
-                    if let Some(graceful) = graceful.upgrade() {
-                        serve_io(stream, conn, handler, builder, &graceful, alt_svc);
-                    }
+                    serve_hyper(stream, conn, handler, builder, shutdown, alt_svc).await;
                 }
                 Ok(None) => {}
                 Err(reason) => {
@@ -409,38 +419,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn read_ahead_serves_the_first_read_from_one_larger_read() {
+    async fn prefixed_hands_out_what_was_read_then_the_connection() {
         use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let (mut client, server) = tokio::io::duplex(64 * 1024);
-        let mut server = ReadAhead::new(server);
-        let head = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n";
-        client.write_all(head).await.unwrap();
-        // The protocol sniffer's small read, then the rest from memory: nothing else was sent.
-        let mut sniff = [0u8; 24];
-        server.read_exact(&mut sniff).await.unwrap();
-        assert_eq!(&sniff[..], &head[..24]);
-        let mut rest = vec![0u8; 8192];
+        let mut server = Prefixed::new(server, bytes::Bytes::from_static(b"GET / HTTP/1.1\r\n"));
+        client.write_all(b"Host: a\r\n\r\n").await.unwrap();
+        // Small reads are served from the prefix first, in order.
+        let mut first = [0u8; 4];
+        server.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"GET ");
+        let mut rest = vec![0u8; 1024];
         let n = server.read(&mut rest).await.unwrap();
-        assert_eq!(&rest[..n], &head[24..]);
-        assert!(server.ahead.is_none());
-        // Later reads go straight to the connection, and writes always do.
-        client.write_all(b"more").await.unwrap();
+        assert_eq!(&rest[..n], b"/ HTTP/1.1\r\n");
         let n = server.read(&mut rest).await.unwrap();
-        assert_eq!(&rest[..n], b"more");
+        assert_eq!(&rest[..n], b"Host: a\r\n\r\n");
+        // Writes always go to the connection.
         server.write_all(b"reply").await.unwrap();
         let mut reply = [0u8; 5];
         client.read_exact(&mut reply).await.unwrap();
         assert_eq!(&reply, b"reply");
-    }
-
-    #[tokio::test]
-    async fn read_ahead_reports_end_of_stream() {
-        use tokio::io::AsyncReadExt as _;
-        let (client, server) = tokio::io::duplex(1024);
         drop(client);
-        let mut server = ReadAhead::new(server);
-        let mut sniff = [0u8; 24];
-        assert_eq!(server.read(&mut sniff).await.unwrap(), 0);
+        assert_eq!(server.read(&mut rest).await.unwrap(), 0);
     }
 
     #[test]
