@@ -18,6 +18,8 @@
 use std::future::{poll_fn, Future};
 use std::io::IoSlice;
 use std::pin::{pin, Pin};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
@@ -54,13 +56,38 @@ enum Parsed {
     Hyper(Option<Bytes>),
 }
 
+/// Tells connections to close: a flag each connection reads once per request (one atomic load),
+/// and a token that wakes the idle ones. (A token alone would take a lock on every check.)
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Stop {
+    flag: Arc<AtomicBool>,
+    token: CancellationToken,
+}
+
+impl Stop {
+    /// Makes every connection close once its request in flight is answered.
+    pub(crate) fn stop(&self) {
+        self.flag.store(true, Ordering::Release);
+        self.token.cancel();
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.flag.load(Ordering::Acquire)
+    }
+
+    /// Fires when [`Stop::stop`] is called.
+    pub(crate) fn token(&self) -> &CancellationToken {
+        &self.token
+    }
+}
+
 /// Serves a plain-HTTP connection until it closes, `stop` fires between requests, or a request
 /// needs hyper (`fallback` then serves the connection, starting with the bytes already read).
 /// `call` answers a request; it must not panic (the caller catches panics).
 pub(crate) async fn serve<C, Fut, B, F, FFut>(
     mut stream: TcpStream,
     call: C,
-    stop: CancellationToken,
+    stop: &Stop,
     fallback: F,
 ) where
     C: Fn(Request<RequestBody>) -> Fut,
@@ -72,7 +99,10 @@ pub(crate) async fn serve<C, Fut, B, F, FFut>(
 {
     let mut buf = BytesMut::new();
     let mut out: Vec<u8> = Vec::new();
-    let mut stopped = pin!(stop.cancelled());
+    let mut stopped = pin!(stop.token.cancelled());
+    // Whether `stopped` holds this task's waker. A task's waker does not change, so one
+    // registration lasts the connection's life and later waits only read the flag.
+    let mut watching = false;
     loop {
         if buf.is_empty() {
             // Idle: hold no read buffer (it is allocated when bytes arrive), and give back a
@@ -82,8 +112,14 @@ pub(crate) async fn serve<C, Fut, B, F, FFut>(
                 out = Vec::new();
             }
             let read = poll_fn(|cx| {
-                if stopped.as_mut().poll(cx).is_ready() {
+                if stop.is_stopped() {
                     return Poll::Ready(Ok(0));
+                }
+                if !watching {
+                    if stopped.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Ok(0));
+                    }
+                    watching = true;
                 }
                 std::task::ready!(stream.poll_read_ready(cx))?;
                 buf.reserve(FIRST_READ);
@@ -127,7 +163,7 @@ pub(crate) async fn serve<C, Fut, B, F, FFut>(
         drop(answer);
         let Some(response) = response else { return };
 
-        let keep_alive = !client_close && !stop.is_cancelled();
+        let keep_alive = !client_close && !stop.is_stopped();
         match respond(
             &mut stream,
             &mut buf,
@@ -746,7 +782,7 @@ mod tests {
             if fast {
                 let call = |_req| async move { make() };
                 let fallback = |_, _| async { panic!("handed to hyper") };
-                serve(stream, call, CancellationToken::new(), fallback).await;
+                serve(stream, call, &Stop::default(), fallback).await;
             } else {
                 let service =
                     hyper::service::service_fn(
@@ -930,7 +966,7 @@ mod tests {
                 tx.send(read).unwrap();
                 async {}
             };
-            serve(stream, call, CancellationToken::new(), fallback).await;
+            serve(stream, call, &Stop::default(), fallback).await;
             (rx.try_recv().ok(), calls.into_inner())
         });
         let mut client = TcpStream::connect(addr).await.unwrap();
@@ -1038,7 +1074,7 @@ mod tests {
                 }
             };
             let fallback = |_, _| async { panic!("handed to hyper") };
-            serve(stream, call, CancellationToken::new(), fallback).await;
+            serve(stream, call, &Stop::default(), fallback).await;
         });
         let mut client = TcpStream::connect(addr).await.unwrap();
         client
@@ -1062,7 +1098,7 @@ mod tests {
     async fn stop_closes_idle_connections_and_the_next_answer_says_close() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
+        let stop = Stop::default();
         let server = {
             let stop = stop.clone();
             tokio::spawn(async move {
@@ -1071,12 +1107,12 @@ mod tests {
                     let stop = stop.clone();
                     async move {
                         // Shutdown begins while this request is in flight.
-                        stop.cancel();
+                        stop.stop();
                         response(200, &[], full(b"last"))
                     }
                 };
                 let fallback = |_, _| async { panic!("handed to hyper") };
-                serve(stream, call, stop.clone(), fallback).await;
+                serve(stream, call, &stop, fallback).await;
             })
         };
         let mut client = TcpStream::connect(addr).await.unwrap();
@@ -1097,19 +1133,19 @@ mod tests {
         // An idle connection closes as soon as shutdown begins.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
+        let stop = Stop::default();
         let server = {
             let stop = stop.clone();
             tokio::spawn(async move {
                 let (stream, _) = listener.accept().await.unwrap();
                 let call = |_req| async { response(200, &[], full(b"x")) };
                 let fallback = |_, _| async { panic!("handed to hyper") };
-                serve(stream, call, stop, fallback).await;
+                serve(stream, call, &stop, fallback).await;
             })
         };
         let mut client = TcpStream::connect(addr).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
-        stop.cancel();
+        stop.stop();
         let mut got = Vec::new();
         tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got))
             .await

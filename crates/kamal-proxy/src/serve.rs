@@ -133,7 +133,7 @@ pub fn builder() -> auto::Builder<TokioExecutor> {
 /// are doing and wait until they have.
 #[derive(Debug, Clone, Default)]
 pub struct Connections {
-    stop: CancellationToken,
+    stop: crate::h1::Stop,
     tracker: TaskTracker,
 }
 
@@ -152,7 +152,7 @@ impl Connections {
     /// at once), and waits until all have closed.
     pub async fn shutdown(&self) {
         self.tracker.close();
-        self.stop.cancel();
+        self.stop.stop();
         self.tracker.wait().await;
     }
 }
@@ -187,25 +187,25 @@ pub async fn accept_loop<H: HttpHandler>(
         };
         let _ = stream.set_nodelay(true);
         let (handler, builder) = (Arc::clone(&handler), Arc::clone(&builder));
-        let shutdown = connections.stop.clone();
+        let stop = connections.stop.clone();
         // The connection's future is built inside its task, so it is moved once, into the
         // task's state, rather than through every layer on the way to `spawn`.
         connections.spawn(async move {
             let fallback = {
-                let (handler, shutdown) = (Arc::clone(&handler), shutdown.clone());
+                let (handler, token) = (Arc::clone(&handler), stop.token().clone());
                 move |stream, read: bytes::Bytes| {
                     serve_hyper(
                         Prefixed::new(stream, read),
                         conn,
                         handler,
                         builder,
-                        shutdown,
+                        token,
                         None,
                     )
                 }
             };
             let call = |req| answer(Arc::clone(&handler), req, conn, None);
-            crate::h1::serve(stream, call, shutdown, fallback).await;
+            crate::h1::serve(stream, call, &stop, fallback).await;
         });
     }
 }
@@ -371,7 +371,7 @@ pub async fn tls_accept_loop<H: HttpHandler>(
         };
         let (tls, handler, builder) =
             (Arc::clone(&tls), Arc::clone(&handler), Arc::clone(&builder));
-        let shutdown = connections.stop.clone();
+        let shutdown = connections.stop.token().clone();
         let alt_svc = alt_svc.clone();
         // Handshakes are counted too: shutdown waits for them, and they end at once on `stop`.
         connections.spawn(async move {
