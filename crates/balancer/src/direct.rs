@@ -62,7 +62,12 @@ pub(crate) fn eligible(method: &Method, has_body: bool, upgrade: bool) -> bool {
 pub(crate) struct DirectConn {
     stream: TcpStream,
     buf: BytesMut,
+    /// Where each header of the last response head was: kept to reuse its allocation.
+    spans: Vec<Span>,
 }
+
+/// Offsets in a head of one header's name (start, end) and value (start, end).
+type Span = [u32; 4];
 
 /// A target's idle connections for the direct path.
 #[derive(Debug)]
@@ -224,6 +229,7 @@ impl Future for DirectSend<'_> {
                         conn: DirectConn {
                             stream,
                             buf: BytesMut::new(),
+                            spans: Vec::new(),
                         },
                         written: 0,
                         reused: false,
@@ -264,7 +270,7 @@ impl Future for DirectSend<'_> {
                     }
                 }
                 SendState::Read { conn, reused } => {
-                    match parse_head(&mut conn.buf, this.head_request) {
+                    match parse_head(&mut conn.buf, &mut conn.spans, this.head_request) {
                         // Some servers send a 408 on a keep-alive connection before closing
                         // it for idleness; found on a reused connection it answers no request
                         // of ours (Go's transport treats it the same way).
@@ -344,11 +350,19 @@ struct Head {
 
 /// Parses a response head from the start of `buf`, skipping 1xx heads. `None`: more bytes
 /// are needed. On success the head has been consumed from `buf`.
-fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>> {
+fn parse_head(
+    buf: &mut BytesMut,
+    spans: &mut Vec<Span>,
+    head_request: bool,
+) -> io::Result<Option<Head>> {
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Response::new(&mut headers);
-        let len = match parsed.parse(buf) {
+        // Uninitialised, and the spans in a reused vector: zeroing a hundred headers' worth of
+        // stack on every response cost more than parsing it.
+        let mut headers =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut []);
+        let config = httparse::ParserConfig::default();
+        let len = match config.parse_response_with_uninit_headers(&mut parsed, buf, &mut headers) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(error) => return Err(malformed(error)),
@@ -369,19 +383,26 @@ fn parse_head(buf: &mut BytesMut, head_request: bool) -> io::Result<Option<Head>
         let status = StatusCode::from_u16(code).map_err(malformed)?;
         // Header values are slices of the head's bytes, as hyper does: no copy per header.
         let base = buf.as_ptr() as usize;
-        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-        let count = parsed.headers.len();
-        for (span, header) in spans.iter_mut().zip(parsed.headers.iter()) {
-            let name = header.name.as_ptr() as usize - base;
-            let value = header.value.as_ptr() as usize - base;
-            *span = (name, header.name.len(), value, header.value.len());
-        }
+        let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+        spans.clear();
+        spans.extend(parsed.headers.iter().map(|h| {
+            let (name, value) = (offset(h.name.as_bytes()), offset(h.value));
+            [
+                name,
+                name + h.name.len() as u32,
+                value,
+                value + h.value.len() as u32,
+            ]
+        }));
         let head = buf.split_to(len).freeze();
-        let mut map = HeaderMap::with_capacity(count);
-        for &(name, name_len, value, value_len) in &spans[..count] {
-            let name = HeaderName::from_bytes(&head[name..name + name_len]).map_err(malformed)?;
-            let value = HeaderValue::from_maybe_shared(head.slice(value..value + value_len))
+        let mut map = HeaderMap::with_capacity(spans.len());
+        for &[name_start, name_end, value_start, value_end] in spans.iter() {
+            let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
                 .map_err(malformed)?;
+            let value = HeaderValue::from_maybe_shared(
+                head.slice(value_start as usize..value_end as usize),
+            )
+            .map_err(malformed)?;
             map.append(name, value);
         }
         let framing = framing(&map, status, head_request)?;
@@ -695,7 +716,7 @@ mod tests {
         head_request: bool,
     ) -> io::Result<Option<(Response<()>, (Framing, bool))>> {
         let mut buf = BytesMut::from(bytes);
-        parse_head(&mut buf, head_request)
+        parse_head(&mut buf, &mut Vec::new(), head_request)
             .map(|head| head.map(|h| (h.response, (h.framing, h.reusable))))
     }
 
@@ -751,7 +772,9 @@ mod tests {
     #[test]
     fn informational_heads_are_skipped() {
         let mut buf = BytesMut::from(&b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n"[..]);
-        let head = parse_head(&mut buf, false).unwrap().unwrap();
+        let head = parse_head(&mut buf, &mut Vec::new(), false)
+            .unwrap()
+            .unwrap();
         assert_eq!(head.response.status(), 204);
         assert!(buf.is_empty());
     }

@@ -99,6 +99,7 @@ pub(crate) async fn serve<C, Fut, B, F, FFut>(
 {
     let mut buf = BytesMut::new();
     let mut out: Vec<u8> = Vec::new();
+    let mut spans = Vec::new();
     let mut stopped = pin!(stop.token.cancelled());
     // Whether `stopped` holds this task's waker. A task's waker does not change, so one
     // registration lasts the connection's life and later waits only read the flag.
@@ -130,7 +131,7 @@ pub(crate) async fn serve<C, Fut, B, F, FFut>(
                 return;
             }
         }
-        let (req, client_close) = match parse(&mut buf) {
+        let (req, client_close) = match parse(&mut buf, &mut spans) {
             Parsed::Simple(req, close) => (req, close),
             Parsed::Hyper(head) => {
                 let prefix = match head {
@@ -200,14 +201,22 @@ fn watch_client(stream: &mut TcpStream, buf: &mut BytesMut, cx: &mut Context<'_>
     }
 }
 
+/// Headers the proxy adds to a request on its way to the target (`X-Forwarded-*`,
+/// `X-Request-ID`, `X-Request-Start`): room is left for them so the map does not grow.
+const ADDED_HEADERS: usize = 6;
+
+/// Offsets in a head of one header's name (start, end) and value (start, end).
+type Span = [u32; 4];
+
 /// Parses the request head at the start of `buf`, splitting it off when this module serves it.
-fn parse(buf: &mut BytesMut) -> Parsed {
-    // Offsets into the head of the path and of each header's name and value.
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
-    let (len, method, path, count, close) = {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut req = httparse::Request::new(&mut headers);
-        let len = match req.parse(buf) {
+/// `spans` is scratch space, kept by the caller to reuse its allocation.
+fn parse(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Parsed {
+    let (len, method, path, close) = {
+        // Uninitialised: zeroing them for every request would cost more than the parse.
+        let mut headers =
+            [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req.parse_with_uninit_headers(buf, &mut headers) {
             Ok(httparse::Status::Complete(len)) => len,
             // Incomplete or invalid: hyper reads the rest (with its header timeout) or answers.
             _ => return Parsed::Hyper(None),
@@ -225,12 +234,10 @@ fn parse(buf: &mut BytesMut) -> Parsed {
             return Parsed::Hyper(None);
         }
         let base = buf.as_ptr() as usize;
-        let span = |s: &[u8]| {
-            let start = (s.as_ptr() as usize - base) as u32;
-            (start, start + s.len() as u32)
-        };
+        let offset = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
         let mut close = false;
-        for (h, slot) in req.headers.iter().zip(spans.iter_mut()) {
+        spans.clear();
+        for h in req.headers.iter() {
             let name = h.name.as_bytes();
             if is_hyper_only(name) {
                 return Parsed::Hyper(None);
@@ -246,23 +253,23 @@ fn parse(buf: &mut BytesMut) -> Parsed {
                     }
                 }
             }
-            let (ns, ne) = span(name);
-            let (vs, ve) = span(h.value);
-            *slot = (ns, ne, vs, ve);
+            let (n, v) = (offset(name), offset(h.value));
+            spans.push([n, n + name.len() as u32, v, v + h.value.len() as u32]);
         }
-        (len, method, span(path.as_bytes()), req.headers.len(), close)
+        let path_start = offset(path.as_bytes());
+        let path = path_start as usize..path_start as usize + path.len();
+        (len, method, path, close)
     };
 
     let head = buf.split_to(len).freeze();
-    let range = |s: u32, e: u32| s as usize..e as usize;
-    let Ok(uri) = Uri::from_maybe_shared(head.slice(range(path.0, path.1))) else {
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(path)) else {
         return Parsed::Hyper(Some(head));
     };
-    let mut headers = HeaderMap::with_capacity(count);
-    for &(ns, ne, vs, ve) in &spans[..count] {
+    let mut headers = HeaderMap::with_capacity(spans.len() + ADDED_HEADERS);
+    for &[ns, ne, vs, ve] in spans.iter() {
         let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(&head[range(ns, ne)]),
-            HeaderValue::from_maybe_shared(head.slice(range(vs, ve))),
+            HeaderName::from_bytes(&head[ns as usize..ne as usize]),
+            HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize)),
         ) else {
             return Parsed::Hyper(Some(head));
         };
@@ -1044,7 +1051,7 @@ mod tests {
         let mut buf = BytesMut::from(
             &b"GET /p?q=1 HTTP/1.1\r\nHost: example.com\r\nX-Two: a\r\nx-two: b\r\n\r\nGET /next"[..],
         );
-        let Parsed::Simple(req, close) = parse(&mut buf) else {
+        let Parsed::Simple(req, close) = parse(&mut buf, &mut Vec::new()) else {
             panic!("simple request")
         };
         assert!(!close);
