@@ -65,29 +65,51 @@ pub fn rewrite_request(
     allow_upgrade: bool,
     info: &RequestInfo<'_>,
 ) -> Option<HeaderValue> {
-    let upgrade = if allow_upgrade && has_token(headers, &CONNECTION, "upgrade") {
+    // One pass over the names present tells which of the headers below need a lookup or a
+    // removal at all; a typical request has none of them, and each lookup hashes its name.
+    let mut seen = Seen::default();
+    for name in headers.keys() {
+        match *name {
+            CONNECTION => seen.connection = true,
+            TE => seen.te = true,
+            FORWARDED => seen.forwarded = true,
+            _ if name == X_FORWARDED_FOR => seen.forwarded_for = true,
+            _ if name == X_FORWARDED_HOST => seen.forwarded_host = true,
+            _ if name == X_FORWARDED_PROTO => seen.forwarded_proto = true,
+            _ if name == X_KAMAL_TARGET => seen.kamal_target = true,
+            _ if HOP_BY_HOP.contains(name) => seen.hop_by_hop = true,
+            _ => {}
+        }
+    }
+    let upgrade = if allow_upgrade && seen.connection && has_token(headers, &CONNECTION, "upgrade")
+    {
         headers.get(UPGRADE).filter(|v| !v.is_empty()).cloned()
     } else {
         None
     };
-    let te_trailers = has_token(headers, &TE, "trailers");
+    let te_trailers = seen.te && has_token(headers, &TE, "trailers");
 
     // The forwarded values are computed from the headers as the client sent them, before any
     // of them can be removed as hop-by-hop (Go reads them from the inbound request).
-    let forwarded_for = forwarded_for(headers, info);
-    let forwarded_host = trusted(headers, &X_FORWARDED_HOST, info.forward_headers)
+    let trust = info.forward_headers;
+    let forwarded_for = forwarded_for(headers, info, trust && seen.forwarded_for);
+    let forwarded_host = trusted(headers, &X_FORWARDED_HOST, trust && seen.forwarded_host)
         .or_else(|| host.clone())
         .unwrap_or_else(|| HeaderValue::from_static(""));
-    let forwarded_proto = trusted(headers, &X_FORWARDED_PROTO, info.forward_headers)
+    let forwarded_proto = trusted(headers, &X_FORWARDED_PROTO, trust && seen.forwarded_proto)
         .unwrap_or_else(|| scheme_value(info.tls));
-    let kamal_target = if info.forward_headers {
+    let kamal_target = if trust && seen.kamal_target {
         joined(headers, &X_KAMAL_TARGET, info.target_label.as_bytes())
     } else {
         info.target_label.clone()
     };
 
-    remove_hop_by_hop(headers);
-    headers.remove(FORWARDED);
+    if seen.hop_by_hop || seen.connection || seen.te {
+        remove_present_hop_by_hop(headers);
+    }
+    if seen.forwarded {
+        headers.remove(FORWARDED);
+    }
 
     if te_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
@@ -134,14 +156,32 @@ pub fn is_printable(protocol: &HeaderValue) -> bool {
     protocol.as_bytes().iter().all(|b| (0x20..0x7f).contains(b))
 }
 
+/// Which of the headers the request rewrite looks at are present.
+#[derive(Default)]
+struct Seen {
+    connection: bool,
+    te: bool,
+    forwarded: bool,
+    forwarded_for: bool,
+    forwarded_host: bool,
+    forwarded_proto: bool,
+    kamal_target: bool,
+    /// Any other hop-by-hop header.
+    hop_by_hop: bool,
+}
+
 /// Removes the hop-by-hop headers and every header named in `Connection`.
 fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Usually none is present: one pass over the few names present is cheaper than removing
     // each of the nine by name (each removal hashes its name). Any name that `Connection`
     // lists only matters when `Connection` itself is present.
-    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
-        return;
+    if headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        remove_present_hop_by_hop(headers);
     }
+}
+
+/// [`remove_hop_by_hop`], once a hop-by-hop header is known to be present.
+fn remove_present_hop_by_hop(headers: &mut HeaderMap) {
     // Names are collected first because the map cannot shrink while `Connection` is borrowed.
     // The vector only allocates for names outside the fixed list, which is rare.
     let mut named: Vec<HeaderName> = Vec::new();
@@ -168,11 +208,12 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// `X-Forwarded-For`: the client IP, after the incoming values when they are trusted.
-fn forwarded_for(headers: &HeaderMap, info: &RequestInfo<'_>) -> HeaderValue {
+/// `incoming`: whether the client's values are kept (trusted and present).
+fn forwarded_for(headers: &HeaderMap, info: &RequestInfo<'_>, incoming: bool) -> HeaderValue {
     // An IPv4 client on a dual-stack socket is reported as plain IPv4, as Go does.
     let ip = info.client_ip.to_canonical();
     let mut buf = BytesMut::with_capacity(64);
-    if info.forward_headers {
+    if incoming {
         for value in headers.get_all(&X_FORWARDED_FOR) {
             buf.put_slice(value.as_bytes());
             buf.put_slice(b", ");

@@ -625,31 +625,50 @@ const X_REQUEST_START: HeaderName = HeaderName::from_static("x-request-start");
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Sets `X-Request-Start` and `X-Request-ID`, unless the client sent non-empty ones (spec
-/// §7.1). Both values are formatted on the stack; each header costs one copy into the map.
+/// §7.1). Both values are formatted on the stack; each header costs one lookup and one copy
+/// into the map.
 pub fn stamp_request<B>(req: &mut Request<B>) {
+    use http::header::Entry;
     let headers = req.headers_mut();
-    if headers.get(&X_REQUEST_START).is_none_or(|v| v.is_empty()) {
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis();
-        // `t=` and at most 39 digits.
-        let mut buf = [0u8; 48];
-        let mut rest = &mut buf[..];
-        if std::io::Write::write_fmt(&mut rest, format_args!("t={ms}")).is_ok() {
-            let len = 48 - rest.len();
-            if let Ok(v) = HeaderValue::from_bytes(&buf[..len]) {
-                headers.insert(X_REQUEST_START, v);
-            }
+    match headers.entry(X_REQUEST_START) {
+        Entry::Occupied(e) if !e.get().is_empty() => {}
+        Entry::Occupied(mut e) => {
+            e.insert(request_start());
+        }
+        Entry::Vacant(e) => {
+            e.insert(request_start());
         }
     }
-    if headers.get(&X_REQUEST_ID).is_none_or(|v| v.is_empty()) {
-        let mut buf = uuid::Uuid::encode_buffer();
-        let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
-        if let Ok(v) = HeaderValue::from_str(id) {
-            headers.insert(X_REQUEST_ID, v);
+    match headers.entry(X_REQUEST_ID) {
+        Entry::Occupied(e) if !e.get().is_empty() => {}
+        Entry::Occupied(mut e) => {
+            e.insert(new_request_id());
+        }
+        Entry::Vacant(e) => {
+            e.insert(new_request_id());
         }
     }
+}
+
+/// `t=<unix milliseconds>`.
+fn request_start() -> HeaderValue {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis();
+    let mut digits = itoa::Buffer::new();
+    let digits = digits.format(ms).as_bytes();
+    let mut buf = [0u8; 48];
+    buf[..2].copy_from_slice(b"t=");
+    buf[2..2 + digits.len()].copy_from_slice(digits);
+    HeaderValue::from_bytes(&buf[..2 + digits.len()]).expect("digits are a valid header value")
+}
+
+/// A random (v4) UUID, lower-case and hyphenated.
+fn new_request_id() -> HeaderValue {
+    let mut buf = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
+    HeaderValue::from_str(id).expect("a UUID is a valid header value")
 }
 
 /// The request's host: the URI authority (HTTP/2, absolute-form) or the `Host` header.
