@@ -7,7 +7,7 @@ mod bench;
 use std::process::{Command, ExitCode};
 
 const USAGE: &str = "usage: cargo xtask ci
-       cargo xtask bench [--duration SECS] [--rounds N] [--deploys N] [--no-build] [SCENARIO…]
+       cargo xtask bench [--duration SECS] [--rounds N] [--deploys N] [--no-build] [--log-pipe] [SCENARIO…]
        cargo xtask bench --micro [criterion args…]
 
 scenarios: keep-alive keep-alive-metrics conn-per-request tls-conn-per-request h2-tls

@@ -17,6 +17,7 @@ mod wrk;
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use report::{Sample, ScenarioResult};
@@ -183,10 +184,12 @@ pub struct Options {
     pub scenarios: Vec<Scenario>,
     /// Whether to build the release binaries first (`--no-build` uses the ones in `target/`).
     pub build: bool,
+    /// kamal-proxy's log to a pipe the bench reads (`--log-pipe`) rather than to a file.
+    pub log_pipe: bool,
 }
 
 impl Options {
-    /// Parses `[--duration SECS] [--rounds N] [--deploys N] [--no-build] [SCENARIO…]`.
+    /// Parses `[--duration SECS] [--rounds N] [--deploys N] [--no-build] [--log-pipe] [SCENARIO…]`.
     pub fn parse(args: &[String]) -> Result<Options, String> {
         let mut options = Options {
             duration: Duration::from_secs(10),
@@ -194,6 +197,7 @@ impl Options {
             deploys: 20,
             scenarios: Vec::new(),
             build: true,
+            log_pipe: false,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -211,6 +215,7 @@ impl Options {
                 "--rounds" => options.rounds = number("--rounds", 20)? as u32,
                 "--deploys" => options.deploys = number("--deploys", 100)? as u32,
                 "--no-build" => options.build = false,
+                "--log-pipe" => options.log_pipe = true,
                 name => {
                     let scenario = Scenario::ALL
                         .into_iter()
@@ -257,6 +262,8 @@ struct Setup {
     port: u16,
     /// Empty for the direct setup: the upstream shares the load generator's core.
     pids: Vec<u32>,
+    /// kamal-proxy's log, collected after each load.
+    log: Option<Arc<setups::Log>>,
 }
 
 /// Removes the bench's temporary directory when the run ends (declared first, dropped last,
@@ -347,6 +354,9 @@ impl Lab {
             )?
         };
         let cpu_after = procs::cpu_micros(&setup.pids, self.ticks);
+        if let Some(log) = &setup.log {
+            log.collect();
+        }
         Ok(self.sample(setup, &result, cpu_before, cpu_after))
     }
 
@@ -487,6 +497,7 @@ pub fn run(options: &Options) -> Result<(), String> {
         &release.join("kamal-proxy"),
         &work.0.join("kamal"),
         proxy_core,
+        options.log_pipe,
     )?;
     kamal.deploy("bench", &["--target", &target])?;
     // The same proxy with metrics on, only for the metrics scenario.
@@ -497,6 +508,7 @@ pub fn run(options: &Options) -> Result<(), String> {
             &work.0.join("kamal-metrics"),
             proxy_core,
             &["--metrics-port", &metrics_port],
+            options.log_pipe,
         )?;
         metered.deploy("bench", &["--target", &target])?;
         Some(metered)
@@ -584,6 +596,7 @@ pub fn run(options: &Options) -> Result<(), String> {
                         kind: Kind::Kamal,
                         port: metered.http_port,
                         pids: metered.process.pids(),
+                        log: Some(Arc::clone(&metered.log)),
                     });
                 }
                 return list;
@@ -596,6 +609,7 @@ pub fn run(options: &Options) -> Result<(), String> {
                 kind: Kind::Direct,
                 port: upstream.port,
                 pids: Vec::new(),
+                log: None,
             }),
         }
         let kamal_port = if scenario.tls() {
@@ -608,6 +622,7 @@ pub fn run(options: &Options) -> Result<(), String> {
                 kind: Kind::Kamal,
                 port,
                 pids: kamal.process.pids(),
+                log: Some(Arc::clone(&kamal.log)),
             });
         }
         if let Some(nginx) = &nginx {
@@ -621,6 +636,7 @@ pub fn run(options: &Options) -> Result<(), String> {
                     kind: Kind::Nginx,
                     port,
                     pids: nginx.process.pids(),
+                    log: None,
                 });
             }
         }
@@ -775,9 +791,11 @@ pub fn run(options: &Options) -> Result<(), String> {
         findings.push(idle_line(&costs));
     }
 
+    kamal.log.collect();
     notes.push(format!(
-        "kamal-proxy wrote {} lines to stdout (its JSON log: one access-log line per request, plus start-up and deploy messages) for {} requests under load, warm-ups included.",
-        report::thousands(kamal.log_lines.load(std::sync::atomic::Ordering::Relaxed) as f64),
+        "kamal-proxy wrote {} lines to stdout ({}; its JSON log: one access-log line per request, plus start-up and deploy messages) for {} requests under load, warm-ups included.",
+        report::thousands(kamal.log.lines() as f64),
+        if options.log_pipe { "a pipe the bench read" } else { "a file" },
         report::thousands(kamal_requests as f64)
     ));
 
@@ -879,6 +897,7 @@ fn deploy_under_load(
         kind: Kind::Kamal,
         port: kamal.http_port,
         pids: kamal.process.pids(),
+        log: Some(Arc::clone(&kamal.log)),
     };
     let headers = Scenario::DeployUnderLoad.headers();
     // wrk is stopped (SIGINT) once the deploys are done; the cap only bounds a stuck run.
@@ -910,6 +929,7 @@ fn deploy_under_load(
     let elapsed = started.elapsed();
     let result = wrk::stop(load)?;
     let cpu_after = procs::cpu_micros(&setup.pids, lab.ticks);
+    kamal.log.collect();
     if options.deploys % 2 == 1 {
         // Back to the first upstream: the second one stops when this function returns.
         kamal.deploy("bench", &["--target", &targets[1]])?;
@@ -1083,6 +1103,8 @@ mod tests {
         assert_eq!((options.rounds, options.deploys), (3, 20));
         assert!(options.build);
         assert!(!Options::parse(&args(&["--no-build"])).unwrap().build);
+        assert!(!options.log_pipe);
+        assert!(Options::parse(&args(&["--log-pipe"])).unwrap().log_pipe);
         assert_eq!(options.scenarios, Scenario::ALL.to_vec());
     }
 

@@ -66,16 +66,56 @@ pub struct Kamal {
     pub https_port: u16,
     bin: PathBuf,
     dir: PathBuf,
-    /// Lines the server wrote to stdout (its JSON log, one access-log line per request).
-    pub log_lines: Arc<AtomicU64>,
+    /// Where its stdout (the JSON log, one access-log line per request) goes.
+    pub log: Arc<Log>,
+}
+
+/// The proxy's stdout: a file the proxy appends to (emptied between loads, outside the
+/// measured windows), or a pipe that a thread of the bench reads.
+///
+/// The file is the default: the bench runs on the load generator's core, and a reader woken
+/// by every batch of log lines there pre-empts the load generator and the upstream and slows
+/// the proxy's pipeline down (the proxy itself then idles). Either way the proxy formats and
+/// writes every line, which is the cost that belongs to it.
+#[derive(Debug)]
+pub struct Log {
+    /// The file, when not a pipe.
+    file: Option<PathBuf>,
+    lines: AtomicU64,
+}
+
+impl Log {
+    /// Counts the lines written to the file since the last call and empties it (the proxy
+    /// appends, so it writes from the start again). A no-op for a pipe, counted as read.
+    pub fn collect(&self) {
+        let Some(path) = &self.file else { return };
+        let Ok(bytes) = std::fs::read(path) else {
+            return;
+        };
+        let lines = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+        self.lines.fetch_add(lines, Ordering::Relaxed);
+        if let Ok(file) = std::fs::OpenOptions::new().write(true).open(path) {
+            let _ = file.set_len(0);
+        }
+    }
+
+    /// Lines counted so far.
+    pub fn lines(&self) -> u64 {
+        self.lines.load(Ordering::Relaxed)
+    }
 }
 
 impl Kamal {
     /// Starts `kamal-proxy run --http-port 0 --https-port 0` with `HOME`, `TMPDIR` and the
-    /// socket under `dir`, and waits for `Server started`. Its stdout is read through a pipe
-    /// and thrown away, as a container runtime's log driver would read it.
-    pub fn start(bin: &Path, dir: &Path, core: Option<&str>) -> Result<Kamal, String> {
-        Self::start_with(bin, dir, core, &[])
+    /// socket under `dir`, and waits for `Server started`. Its stdout goes to a file under
+    /// `dir`, or with `log_pipe` through a pipe read and thrown away by the bench (see [`Log`]).
+    pub fn start(
+        bin: &Path,
+        dir: &Path,
+        core: Option<&str>,
+        log_pipe: bool,
+    ) -> Result<Kamal, String> {
+        Self::start_with(bin, dir, core, &[], log_pipe)
     }
 
     /// Like [`Kamal::start`], with extra `run` arguments (e.g. `--metrics-port`).
@@ -84,6 +124,7 @@ impl Kamal {
         dir: &Path,
         core: Option<&str>,
         extra: &[&str],
+        log_pipe: bool,
     ) -> Result<Kamal, String> {
         for sub in ["home", "tmp"] {
             std::fs::create_dir_all(dir.join(sub))
@@ -91,33 +132,64 @@ impl Kamal {
         }
         let stderr = std::fs::File::create(dir.join("stderr.log"))
             .map_err(|e| format!("cannot create the kamal-proxy stderr log: {e}"))?;
+        let log_path = dir.join("stdout.log");
+        let stdout = if log_pipe {
+            Stdio::piped()
+        } else {
+            // Appending, so that emptying the file between loads makes it start over.
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .append(true)
+                .open(&log_path)
+                .map_err(|e| format!("cannot create {}: {e}", log_path.display()))?
+                .into()
+        };
         let mut command = procs::pinned(bin, core);
         environment(&mut command, dir);
         let child = command
             .args(["run", "--http-port", "0", "--https-port", "0"])
             .args(extra)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
         let mut process = Guarded::new("kamal-proxy", child);
-        let stdout = process.take_stdout().ok_or("kamal-proxy has no stdout")?;
-        let log_lines = Arc::new(AtomicU64::new(0));
-        let (tx, rx) = mpsc::channel();
-        let counter = log_lines.clone();
-        std::thread::spawn(move || drain_log(stdout, &tx, &counter));
-        let (http_port, https_port) = rx.recv_timeout(START_TIMEOUT).map_err(|_| {
+        let log = Arc::new(Log {
+            file: (!log_pipe).then(|| log_path.clone()),
+            lines: AtomicU64::new(0),
+        });
+        let not_started = || {
             let stderr = std::fs::read_to_string(dir.join("stderr.log")).unwrap_or_default();
             format!("kamal-proxy did not log `Server started`:\n{stderr}")
-        })?;
+        };
+        let (http_port, https_port) = if log_pipe {
+            let stdout = process.take_stdout().ok_or("kamal-proxy has no stdout")?;
+            let (tx, rx) = mpsc::channel();
+            let log = Arc::clone(&log);
+            std::thread::spawn(move || drain_log(stdout, &tx, &log.lines));
+            rx.recv_timeout(START_TIMEOUT).map_err(|_| not_started())?
+        } else {
+            let deadline = Instant::now() + START_TIMEOUT;
+            loop {
+                let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+                if let Some(ports) = text.lines().find_map(started_ports) {
+                    break ports;
+                }
+                if Instant::now() > deadline {
+                    return Err(not_started());
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
         Ok(Kamal {
             process,
             http_port,
             https_port,
             bin: bin.to_path_buf(),
             dir: dir.to_path_buf(),
-            log_lines,
+            log,
         })
     }
 
@@ -167,6 +239,15 @@ fn environment(command: &mut Command, dir: &Path) {
     }
 }
 
+/// The HTTP and HTTPS ports of a `Server started` log line.
+fn started_ports(line: &str) -> Option<(u16, u16)> {
+    if !line.contains("\"Server started\"") {
+        return None;
+    }
+    let port = |key| json_u64(line, key).and_then(|p| u16::try_from(p).ok());
+    Some((port("http")?, port("https")?))
+}
+
 /// Reads the server's stdout: finds the `Server started` line and sends its HTTP and HTTPS
 /// ports, then discards everything, counting lines.
 fn drain_log(stdout: impl Read, started: &mpsc::Sender<(u16, u16)>, lines: &AtomicU64) {
@@ -179,12 +260,9 @@ fn drain_log(stdout: impl Read, started: &mpsc::Sender<(u16, u16)>, lines: &Atom
             Ok(_) => {}
         }
         lines.fetch_add(1, Ordering::Relaxed);
-        if line.contains("\"Server started\"") {
-            let port = |key| json_u64(&line, key).and_then(|p| u16::try_from(p).ok());
-            if let (Some(http), Some(https)) = (port("http"), port("https")) {
-                let _ = started.send((http, https));
-                break;
-            }
+        if let Some(ports) = started_ports(&line) {
+            let _ = started.send(ports);
+            break;
         }
     }
     loop {
@@ -430,5 +508,42 @@ mod tests {
         assert_eq!(config.matches("location / {").count(), 2);
         assert_eq!(config.matches("proxy_pass http://app;").count(), 2);
         assert_eq!(config.matches('{').count(), config.matches('}').count());
+    }
+
+    #[test]
+    fn a_log_file_is_counted_and_emptied_and_appending_starts_over() {
+        use std::io::Write as _;
+        let dir = std::env::temp_dir().join(format!("xtask-log-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("stdout.log");
+        let mut writer = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .unwrap();
+        let log = Log {
+            file: Some(path.clone()),
+            lines: AtomicU64::new(0),
+        };
+        writer.write_all(b"one\ntwo\n").unwrap();
+        log.collect();
+        assert_eq!(log.lines(), 2);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 0);
+        // The writer keeps its descriptor, yet writes from the start of the emptied file.
+        writer.write_all(b"three\n").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"three\n");
+        log.collect();
+        assert_eq!(log.lines(), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn server_started_lines_give_both_ports() {
+        let line = r#"{"time":"t","level":"INFO","msg":"Server started","http":8080,"https":8443}"#;
+        assert_eq!(started_ports(line), Some((8080, 8443)));
+        assert_eq!(
+            started_ports(r#"{"msg":"Request","http":1,"https":2}"#),
+            None
+        );
     }
 }
