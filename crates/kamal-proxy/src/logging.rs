@@ -6,16 +6,19 @@
 //! fields). A field named `json.<key>` carries pre-rendered JSON (lists such as `targets`),
 //! written raw under `<key>`.
 //!
-//! The runtime's worker threads buffer their access-log lines and write them in batches: when
-//! a buffer passes 32 KiB, when the worker goes idle, and when it stops. Other events are
-//! written at once. Under load that is one `write(2)` per few hundred requests instead of one
-//! each, with no lock shared between requests; when the proxy is quiet every line is written
-//! at once.
+//! The runtime's worker threads buffer their access-log lines and hand them, in batches, to a
+//! writer thread: when a buffer passes 32 KiB, when the worker goes idle, and when it stops.
+//! The writer waits 10 ms after the first batch arrives and writes everything gathered by
+//! then, so under load stdout sees about a hundred large writes a second instead of one per
+//! event-loop turn (each of which woke the log reader, a container runtime's log driver), and
+//! the event loop never blocks on a log reader that lags, up to 8 MiB of lines queued. Other
+//! events (deploys, errors) are written at once, after everything queued before them.
 
 use std::cell::RefCell;
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -66,58 +69,213 @@ thread_local! {
     static PENDING: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
-/// Called by each runtime worker whenever it goes idle (`on_thread_park`): writes the lines it
-/// buffered, and from its first call on makes the thread buffer its lines. Only workers park,
-/// so threads of the blocking pool keep writing through at once.
+/// Called by each runtime worker whenever it goes idle (`on_thread_park`): hands over the
+/// lines it buffered, and from its first call on makes the thread buffer its lines. Only
+/// workers park, so threads of the blocking pool keep writing through at once.
 pub fn worker_idle() {
     PENDING.with(|p| {
         let mut pending = p.borrow_mut();
         match pending.as_mut() {
-            Some(buf) if !buf.is_empty() => {
-                write_out(buf.as_bytes());
-                buf.clear();
-            }
+            Some(buf) if !buf.is_empty() => hand_over(buf),
             Some(_) => {}
             None => *pending = Some(String::with_capacity(FLUSH_AT * 2)),
         }
     });
 }
 
-/// Writes the calling thread's buffered lines to stdout (`on_thread_stop`, and at exit).
+/// Hands the calling thread's buffered lines to the writer (`on_thread_stop`, and before an
+/// event is written, so that lines keep their order).
 pub fn flush_thread() {
     PENDING.with(|p| {
         if let Some(buf) = p.borrow_mut().as_mut() {
             if !buf.is_empty() {
-                write_out(buf.as_bytes());
-                buf.clear();
+                hand_over(buf);
             }
         }
     });
 }
 
+/// Writes every line handed over and not yet written, before returning (at exit).
+pub fn finish() {
+    flush_thread();
+    if let Some(handoff) = HANDOFF.get() {
+        handoff.write_now(b"");
+    }
+}
+
 /// Queues one complete log line built by `render` (the access log renders straight into the
-/// buffer, so a request allocates nothing for its log line). Busy workers thus write in
+/// buffer, so a request allocates nothing for its log line). Busy workers thus hand over
 /// batches, with no lock or system call per request.
 pub fn write_with(render: impl FnOnce(&mut String)) {
     PENDING.with(|p| match p.borrow_mut().as_mut() {
         Some(buf) => {
             render(buf);
             if buf.len() >= FLUSH_AT {
-                write_out(buf.as_bytes());
-                buf.clear();
+                hand_over(buf);
             }
         }
         None => {
             let mut line = String::with_capacity(512);
             render(&mut line);
-            write_out(line.as_bytes());
+            write_event(line.as_bytes());
         }
     });
+}
+
+/// Replaces `buf` by an empty buffer, queueing its lines for the writer thread.
+fn hand_over(buf: &mut String) {
+    let batch = std::mem::take(buf);
+    *buf = handoff().push(batch);
+}
+
+/// Writes `line` now, after everything queued before it.
+fn write_event(line: &[u8]) {
+    match HANDOFF.get() {
+        Some(handoff) => handoff.write_now(line),
+        None => write_out(line),
+    }
 }
 
 fn write_out(bytes: &[u8]) {
     // A closed stdout loses lines; logging must never take the process down.
     let _ = std::io::stdout().lock().write_all(bytes);
+}
+
+/// The process's writer thread, started by the first batch handed over.
+static HANDOFF: OnceLock<&'static Handoff> = OnceLock::new();
+
+fn handoff() -> &'static Handoff {
+    HANDOFF.get_or_init(|| {
+        let handoff: &'static Handoff =
+            Box::leak(Box::new(Handoff::new(Box::new(std::io::stdout()))));
+        handoff.start();
+        handoff
+    })
+}
+
+/// How long the writer waits after the first batch arrives, gathering more, before writing.
+const COALESCE: Duration = Duration::from_millis(10);
+/// Queued bytes that make the writer write without waiting.
+const WRITE_AT: usize = 256 * 1024;
+/// Queued bytes past which workers wait for the writer (a log reader that stopped reading
+/// cannot grow the queue without bound; upstream blocks on every line in that case).
+const MAX_QUEUED: usize = 8 << 20;
+/// Empty buffers kept for the workers to fill next.
+const SPARE_BUFFERS: usize = 4;
+
+/// Batches of lines on their way from the workers to stdout.
+struct Handoff {
+    queue: Mutex<Queue>,
+    /// Signalled when the queue stops being empty, or grows past [`WRITE_AT`].
+    queued: Condvar,
+    /// Signalled when the writer takes the queue.
+    room: Condvar,
+    /// Where lines go; held while writing, so that lines keep their order.
+    out: Mutex<Box<dyn std::io::Write + Send>>,
+}
+
+#[derive(Default)]
+struct Queue {
+    batches: Vec<String>,
+    bytes: usize,
+    spare: Vec<String>,
+    /// Whether a writer thread runs; without one, batches are written by whoever hands them
+    /// over.
+    threaded: bool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding a lock cannot leave a queue of strings inconsistent.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Handoff {
+    fn new(out: Box<dyn std::io::Write + Send>) -> Self {
+        Handoff {
+            queue: Mutex::new(Queue::default()),
+            queued: Condvar::new(),
+            room: Condvar::new(),
+            out: Mutex::new(out),
+        }
+    }
+
+    /// Starts the writer thread; without one (the spawn failed) batches are written at once.
+    fn start(&'static self) {
+        let spawned = std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || self.run());
+        lock(&self.queue).threaded = spawned.is_ok();
+    }
+
+    /// Queues a batch and returns an empty buffer to fill next.
+    fn push(&self, batch: String) -> String {
+        let mut queue = lock(&self.queue);
+        if !queue.threaded {
+            drop(queue);
+            self.write_now(batch.as_bytes());
+            let mut batch = batch;
+            batch.clear();
+            return batch;
+        }
+        while queue.bytes > MAX_QUEUED {
+            queue = self.room.wait(queue).unwrap_or_else(|e| e.into_inner());
+        }
+        let was_empty = queue.batches.is_empty();
+        queue.bytes += batch.len();
+        let write_soon = queue.bytes >= WRITE_AT;
+        queue.batches.push(batch);
+        let next = queue
+            .spare
+            .pop()
+            .unwrap_or_else(|| String::with_capacity(FLUSH_AT * 2));
+        drop(queue);
+        if was_empty || write_soon {
+            self.queued.notify_one();
+        }
+        next
+    }
+
+    /// Writes everything queued, then `extra`, before returning.
+    fn write_now(&self, extra: &[u8]) {
+        let mut out = lock(&self.out);
+        let batches = {
+            let mut queue = lock(&self.queue);
+            queue.bytes = 0;
+            std::mem::take(&mut queue.batches)
+        };
+        self.room.notify_all();
+        for batch in &batches {
+            // A closed stdout loses lines; logging must never take the process down.
+            let _ = out.write_all(batch.as_bytes());
+        }
+        let _ = out.write_all(extra);
+        let _ = out.flush();
+        drop(out);
+        let mut queue = lock(&self.queue);
+        for mut batch in batches {
+            if queue.spare.len() < SPARE_BUFFERS && batch.capacity() <= FLUSH_AT * 4 {
+                batch.clear();
+                queue.spare.push(batch);
+            }
+        }
+    }
+
+    /// The writer thread: waits for a batch, gathers for [`COALESCE`], writes, repeats.
+    fn run(&self) {
+        loop {
+            let mut queue = lock(&self.queue);
+            while queue.batches.is_empty() {
+                queue = self.queued.wait(queue).unwrap_or_else(|e| e.into_inner());
+            }
+            if queue.bytes < WRITE_AT {
+                drop(queue);
+                std::thread::sleep(COALESCE);
+            } else {
+                drop(queue);
+            }
+            self.write_now(b"");
+        }
+    }
 }
 
 /// What tracing-subscriber writes one formatted event into; queued as one line when dropped.
@@ -139,9 +297,9 @@ impl Drop for LineWriter {
         if !self.0.is_empty() {
             // Events (deploys, health, errors) are rare and callers rely on them being out
             // when a command returns, so they are written at once, after the access-log lines
-            // this thread buffered before them.
+            // buffered before them.
             flush_thread();
-            write_out(&self.0);
+            write_event(&self.0);
         }
     }
 }
@@ -416,7 +574,104 @@ mod tests {
     }
 
     use super::*;
+    use std::sync::Arc;
     use std::time::Duration;
+
+    /// A sink the tests read back; with `gate` closed, writes wait until it opens.
+    #[derive(Clone, Default)]
+    struct Sink {
+        bytes: Arc<Mutex<Vec<u8>>>,
+        gate: Arc<(Mutex<bool>, Condvar)>,
+    }
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let (closed, opened) = &*self.gate;
+            let mut closed = lock(closed);
+            while *closed {
+                closed = opened.wait(closed).unwrap();
+            }
+            lock(&self.bytes).extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Sink {
+        fn text(&self) -> String {
+            String::from_utf8(lock(&self.bytes).clone()).unwrap()
+        }
+        fn set_closed(&self, closed: bool) {
+            *lock(&self.gate.0) = closed;
+            self.gate.1.notify_all();
+        }
+        /// Waits (up to 5 s) until the sink holds `expected`.
+        fn wait_for(&self, expected: &str) {
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while self.text() != expected && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            assert_eq!(self.text(), expected);
+        }
+    }
+
+    fn started(sink: &Sink) -> &'static Handoff {
+        let handoff: &'static Handoff = Box::leak(Box::new(Handoff::new(Box::new(sink.clone()))));
+        handoff.start();
+        handoff
+    }
+
+    #[test]
+    fn batches_are_written_by_the_writer_thread_in_order() {
+        let sink = Sink::default();
+        let handoff = started(&sink);
+        let next = handoff.push("one\n".to_string());
+        assert!(next.is_empty());
+        let _ = handoff.push("two\n".to_string());
+        sink.wait_for("one\ntwo\n");
+        // Buffers come back for reuse once written.
+        let _ = handoff.push("three\n".to_string());
+        sink.wait_for("one\ntwo\nthree\n");
+        assert!(!lock(&handoff.queue).spare.is_empty());
+    }
+
+    #[test]
+    fn an_event_goes_out_at_once_after_the_lines_queued_before_it() {
+        let sink = Sink::default();
+        let handoff = started(&sink);
+        let _ = handoff.push("access\n".to_string());
+        // Well inside the writer's 10 ms wait.
+        handoff.write_now(b"event\n");
+        assert_eq!(sink.text(), "access\nevent\n");
+        std::thread::sleep(COALESCE * 3);
+        assert_eq!(sink.text(), "access\nevent\n", "nothing written twice");
+    }
+
+    #[test]
+    fn workers_wait_once_too_much_is_queued_for_a_stuck_reader() {
+        let sink = Sink::default();
+        sink.set_closed(true);
+        let handoff = started(&sink);
+        let line = "x".repeat(1 << 20) + "\n";
+        let pusher = {
+            let line = line.clone();
+            std::thread::spawn(move || {
+                for _ in 0..12 {
+                    let _ = handoff.push(line.clone());
+                }
+            })
+        };
+        // The writer holds the first batches, stuck in a write; the queue fills to its cap.
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!pusher.is_finished(), "the pusher waits for room");
+        assert!(lock(&handoff.queue).bytes <= MAX_QUEUED + line.len());
+        sink.set_closed(false);
+        pusher.join().unwrap();
+        handoff.write_now(b"");
+        assert_eq!(sink.text().len(), 12 * line.len());
+    }
 
     #[test]
     fn time_is_rfc3339_with_trimmed_nanos() {

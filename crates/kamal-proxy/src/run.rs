@@ -36,8 +36,9 @@ pub fn run(config: RunConfig) -> Result<(), String> {
     let result = runtime.block_on(serve_until_signal(config));
     // Dropping the runtime stops its workers, which write their last buffered log lines.
     drop(runtime);
-    // With one core the calling thread was the worker; it has no stop hook.
-    crate::logging::flush_thread();
+    // With one core the calling thread was the worker; it has no stop hook. Then every line
+    // still queued for the log writer goes out before the process exits.
+    crate::logging::finish();
     result
 }
 
