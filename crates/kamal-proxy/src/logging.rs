@@ -122,10 +122,10 @@ pub fn write_with(render: impl FnOnce(&mut String)) {
     });
 }
 
-/// Replaces `buf` by an empty buffer, queueing its lines for the writer thread.
+/// Queues `buf`'s lines for the writer thread and empties it (keeping its allocation).
 fn hand_over(buf: &mut String) {
-    let batch = std::mem::take(buf);
-    *buf = handoff().push(batch);
+    handoff().push(buf.as_bytes());
+    buf.clear();
 }
 
 /// Writes `line` now, after everything queued before it.
@@ -160,10 +160,8 @@ const WRITE_AT: usize = 256 * 1024;
 /// Queued bytes past which workers wait for the writer (a log reader that stopped reading
 /// cannot grow the queue without bound; upstream blocks on every line in that case).
 const MAX_QUEUED: usize = 8 << 20;
-/// Empty buffers kept for the workers to fill next.
-const SPARE_BUFFERS: usize = 4;
 
-/// Batches of lines on their way from the workers to stdout.
+/// Lines on their way from the workers to stdout.
 struct Handoff {
     queue: Mutex<Queue>,
     /// Signalled when the queue stops being empty, or grows past [`WRITE_AT`].
@@ -174,11 +172,12 @@ struct Handoff {
     out: Mutex<Box<dyn std::io::Write + Send>>,
 }
 
+/// Two buffers that trade places: workers copy their batches into `lines` (a copy costs less
+/// than allocating a new buffer for each batch), the writer takes it and leaves `spare`.
 #[derive(Default)]
 struct Queue {
-    batches: Vec<String>,
-    bytes: usize,
-    spare: Vec<String>,
+    lines: Vec<u8>,
+    spare: Vec<u8>,
     /// Whether a writer thread runs; without one, batches are written by whoever hands them
     /// over.
     threaded: bool,
@@ -207,67 +206,56 @@ impl Handoff {
         lock(&self.queue).threaded = spawned.is_ok();
     }
 
-    /// Queues a batch and returns an empty buffer to fill next.
-    fn push(&self, batch: String) -> String {
+    /// Queues a batch of lines.
+    fn push(&self, batch: &[u8]) {
         let mut queue = lock(&self.queue);
         if !queue.threaded {
             drop(queue);
-            self.write_now(batch.as_bytes());
-            let mut batch = batch;
-            batch.clear();
-            return batch;
+            self.write_now(batch);
+            return;
         }
-        while queue.bytes > MAX_QUEUED {
+        while queue.lines.len() > MAX_QUEUED {
             queue = self.room.wait(queue).unwrap_or_else(|e| e.into_inner());
         }
-        let was_empty = queue.batches.is_empty();
-        queue.bytes += batch.len();
-        let write_soon = queue.bytes >= WRITE_AT;
-        queue.batches.push(batch);
-        let next = queue
-            .spare
-            .pop()
-            .unwrap_or_else(|| String::with_capacity(FLUSH_AT * 2));
+        let was_empty = queue.lines.is_empty();
+        queue.lines.extend_from_slice(batch);
+        let write_soon = queue.lines.len() >= WRITE_AT;
         drop(queue);
         if was_empty || write_soon {
             self.queued.notify_one();
         }
-        next
     }
 
     /// Writes everything queued, then `extra`, before returning.
     fn write_now(&self, extra: &[u8]) {
         let mut out = lock(&self.out);
-        let batches = {
+        let mut lines = {
             let mut queue = lock(&self.queue);
-            queue.bytes = 0;
-            std::mem::take(&mut queue.batches)
+            let spare = std::mem::take(&mut queue.spare);
+            std::mem::replace(&mut queue.lines, spare)
         };
         self.room.notify_all();
-        for batch in &batches {
-            // A closed stdout loses lines; logging must never take the process down.
-            let _ = out.write_all(batch.as_bytes());
-        }
+        // A closed stdout loses lines; logging must never take the process down.
+        let _ = out.write_all(&lines);
         let _ = out.write_all(extra);
         let _ = out.flush();
         drop(out);
-        let mut queue = lock(&self.queue);
-        for mut batch in batches {
-            if queue.spare.len() < SPARE_BUFFERS && batch.capacity() <= FLUSH_AT * 4 {
-                batch.clear();
-                queue.spare.push(batch);
-            }
+        lines.clear();
+        if lines.capacity() > MAX_QUEUED {
+            // A burst passed: do not keep its buffer.
+            lines = Vec::new();
         }
+        lock(&self.queue).spare = lines;
     }
 
     /// The writer thread: waits for a batch, gathers for [`COALESCE`], writes, repeats.
     fn run(&self) {
         loop {
             let mut queue = lock(&self.queue);
-            while queue.batches.is_empty() {
+            while queue.lines.is_empty() {
                 queue = self.queued.wait(queue).unwrap_or_else(|e| e.into_inner());
             }
-            if queue.bytes < WRITE_AT {
+            if queue.lines.len() < WRITE_AT {
                 drop(queue);
                 std::thread::sleep(COALESCE);
             } else {
@@ -627,21 +615,20 @@ mod tests {
     fn batches_are_written_by_the_writer_thread_in_order() {
         let sink = Sink::default();
         let handoff = started(&sink);
-        let next = handoff.push("one\n".to_string());
-        assert!(next.is_empty());
-        let _ = handoff.push("two\n".to_string());
+        handoff.push(b"one\n");
+        handoff.push(b"two\n");
         sink.wait_for("one\ntwo\n");
-        // Buffers come back for reuse once written.
-        let _ = handoff.push("three\n".to_string());
+        // The written buffer comes back for the next batches.
+        handoff.push(b"three\n");
         sink.wait_for("one\ntwo\nthree\n");
-        assert!(!lock(&handoff.queue).spare.is_empty());
+        assert!(lock(&handoff.queue).spare.capacity() > 0);
     }
 
     #[test]
     fn an_event_goes_out_at_once_after_the_lines_queued_before_it() {
         let sink = Sink::default();
         let handoff = started(&sink);
-        let _ = handoff.push("access\n".to_string());
+        handoff.push(b"access\n");
         // Well inside the writer's 10 ms wait.
         handoff.write_now(b"event\n");
         assert_eq!(sink.text(), "access\nevent\n");
@@ -658,19 +645,20 @@ mod tests {
         let pusher = {
             let line = line.clone();
             std::thread::spawn(move || {
-                for _ in 0..12 {
-                    let _ = handoff.push(line.clone());
+                for _ in 0..20 {
+                    handoff.push(line.as_bytes());
                 }
             })
         };
-        // The writer holds the first batches, stuck in a write; the queue fills to its cap.
+        // The writer holds what was queued when it woke (at most the cap), stuck in a write;
+        // the queue fills to its cap again and the rest must wait.
         std::thread::sleep(Duration::from_millis(300));
         assert!(!pusher.is_finished(), "the pusher waits for room");
-        assert!(lock(&handoff.queue).bytes <= MAX_QUEUED + line.len());
+        assert!(lock(&handoff.queue).lines.len() <= MAX_QUEUED + line.len());
         sink.set_closed(false);
         pusher.join().unwrap();
         handoff.write_now(b"");
-        assert_eq!(sink.text().len(), 12 * line.len());
+        assert_eq!(sink.text().len(), 20 * line.len());
     }
 
     #[test]
