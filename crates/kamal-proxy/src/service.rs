@@ -203,8 +203,9 @@ impl Service {
 
         let active = self.active.load();
         let split = self.split.load();
-        let rollout = self.rollout.load();
-        let pool = match (split.as_deref(), rollout.as_ref()) {
+        // The rollout pool only matters under a split: no second snapshot load otherwise.
+        let rollout = split.is_some().then(|| self.rollout.load());
+        let pool = match (split.as_deref(), rollout.as_ref().and_then(|r| r.as_ref())) {
             (Some(split), Some(pool)) if split.uses_rollout_for(req.headers()) => {
                 tracing::debug!(service = %self.name, path = %decoded_path(&req), "Using rollout for request");
                 pool
