@@ -795,3 +795,32 @@ async fn client_ip_header_rewrites_forwarded_for_and_the_log() {
         .expect("access log line");
     assert_eq!(line["remote_addr"], "198.51.100.7");
 }
+
+/// Plain HTTP/1.1 connections serve bodiless `GET`/`HEAD` outside hyper and hand everything
+/// else to it mid-connection: pipelined requests of both kinds on one connection are all
+/// answered, in order, and the connection closes after the one that asked.
+#[tokio::test]
+async fn pipelined_requests_of_every_kind_share_one_connection() {
+    let (proxy, up) = proxy_with_app(&[]).await;
+    let request = format!(
+        "GET /1 HTTP/1.1\r\nHost: {HOST}\r\n\r\n\
+         HEAD /2 HTTP/1.1\r\nHost: {HOST}\r\n\r\n\
+         POST /3 HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 5\r\n\r\nhello\
+         GET /4 HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
+    );
+    let started = Instant::now();
+    let reply = client::raw_exchange(
+        proxy.http_port(),
+        request.as_bytes(),
+        Duration::from_secs(5),
+        Duration::from_secs(10),
+    )
+    .await
+    .expect("answers");
+    let reply = String::from_utf8_lossy(&reply);
+    assert_eq!(reply.matches("HTTP/1.1 200 OK\r\n").count(), 4, "{reply}");
+    // The last answer says the connection closes, and it does (no idle timeout waited for).
+    assert!(reply.contains("connection: close\r\n"), "{reply}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert_eq!(up.app_requests(), 4);
+}
