@@ -21,6 +21,7 @@ use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
@@ -84,10 +85,15 @@ impl Stop {
 /// Serves a plain-HTTP connection until it closes, `stop` fires between requests, or a request
 /// needs hyper (`fallback` then serves the connection, starting with the bytes already read).
 /// `call` answers a request; it must not panic (the caller catches panics).
+///
+/// A connection that waits for its next request for between `idle` and twice `idle` is
+/// closed (hyper closed one after its header-read timeout). One timer per connection,
+/// re-armed only when it fires, keeps that bound without arming a timer for every request.
 pub(crate) async fn serve<C, Fut, B, F, FFut>(
     mut stream: TcpStream,
     call: C,
     stop: &Stop,
+    idle: Duration,
     fallback: F,
 ) where
     C: Fn(Request<RequestBody>) -> Fut,
@@ -104,6 +110,10 @@ pub(crate) async fn serve<C, Fut, B, F, FFut>(
     // Whether `stopped` holds this task's waker. A task's waker does not change, so one
     // registration lasts the connection's life and later waits only read the flag.
     let mut watching = false;
+    let mut idle_timer = pin!(tokio::time::sleep(idle));
+    // Requests answered, and how many had been when the idle timer was last armed: unchanged
+    // when it fires means the connection sat idle the whole time.
+    let (mut served, mut served_when_armed) = (0u64, 0u64);
     loop {
         if buf.is_empty() {
             // Idle: hold no read buffer (it is allocated when bytes arrive), and give back a
@@ -121,6 +131,17 @@ pub(crate) async fn serve<C, Fut, B, F, FFut>(
                         return Poll::Ready(Ok(0));
                     }
                     watching = true;
+                }
+                if idle_timer.as_mut().poll(cx).is_ready() {
+                    if served == served_when_armed {
+                        return Poll::Ready(Ok(0));
+                    }
+                    served_when_armed = served;
+                    idle_timer
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + idle);
+                    // Registers the re-armed timer with this task.
+                    let _ = idle_timer.as_mut().poll(cx);
                 }
                 std::task::ready!(stream.poll_read_ready(cx))?;
                 buf.reserve(FIRST_READ);
@@ -164,6 +185,7 @@ pub(crate) async fn serve<C, Fut, B, F, FFut>(
         drop(answer);
         let Some(response) = response else { return };
 
+        served += 1;
         let keep_alive = !client_close && !stop.is_stopped();
         match respond(
             &mut stream,
@@ -730,7 +752,6 @@ fn push_date_header(out: &mut Vec<u8>) {
 mod tests {
     use super::*;
     use std::convert::Infallible;
-    use std::time::Duration;
 
     use http_body::Frame;
     use http_body_util::combinators::BoxBody;
@@ -740,6 +761,9 @@ mod tests {
     use tokio::net::TcpListener;
 
     type TestBody = BoxBody<Bytes, BoxError>;
+
+    /// An idle timeout no test waits for.
+    const LONG: Duration = Duration::from_secs(600);
 
     fn full(bytes: &'static [u8]) -> TestBody {
         Full::new(Bytes::from_static(bytes))
@@ -789,7 +813,7 @@ mod tests {
             if fast {
                 let call = |_req| async move { make() };
                 let fallback = |_, _| async { panic!("handed to hyper") };
-                serve(stream, call, &Stop::default(), fallback).await;
+                serve(stream, call, &Stop::default(), LONG, fallback).await;
             } else {
                 let service =
                     hyper::service::service_fn(
@@ -973,7 +997,7 @@ mod tests {
                 tx.send(read).unwrap();
                 async {}
             };
-            serve(stream, call, &Stop::default(), fallback).await;
+            serve(stream, call, &Stop::default(), LONG, fallback).await;
             (rx.try_recv().ok(), calls.into_inner())
         });
         let mut client = TcpStream::connect(addr).await.unwrap();
@@ -1081,7 +1105,7 @@ mod tests {
                 }
             };
             let fallback = |_, _| async { panic!("handed to hyper") };
-            serve(stream, call, &Stop::default(), fallback).await;
+            serve(stream, call, &Stop::default(), LONG, fallback).await;
         });
         let mut client = TcpStream::connect(addr).await.unwrap();
         client
@@ -1119,7 +1143,7 @@ mod tests {
                     }
                 };
                 let fallback = |_, _| async { panic!("handed to hyper") };
-                serve(stream, call, &stop, fallback).await;
+                serve(stream, call, &stop, LONG, fallback).await;
             })
         };
         let mut client = TcpStream::connect(addr).await.unwrap();
@@ -1147,7 +1171,7 @@ mod tests {
                 let (stream, _) = listener.accept().await.unwrap();
                 let call = |_req| async { response(200, &[], full(b"x")) };
                 let fallback = |_, _| async { panic!("handed to hyper") };
-                serve(stream, call, &stop, fallback).await;
+                serve(stream, call, &stop, LONG, fallback).await;
             })
         };
         let mut client = TcpStream::connect(addr).await.unwrap();
@@ -1169,5 +1193,46 @@ mod tests {
             push_chunk_size(&mut out, n);
         }
         assert_eq!(out, b"0\r\n9\r\nA\r\nFF\r\n1000\r\n100000\r\n");
+    }
+
+    #[tokio::test]
+    async fn idle_connections_close_after_one_to_two_idle_periods() {
+        let idle = Duration::from_millis(300);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let call = |_req| async { response(200, &[], full(b"x")) };
+            let fallback = |_, _| async { panic!("handed to hyper") };
+            serve(stream, call, &Stop::default(), idle, fallback).await;
+        });
+        let started = std::time::Instant::now();
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        // Requests keep it open past the first period...
+        for _ in 0..4 {
+            client
+                .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = [0u8; 512];
+            let n = client.read(&mut answer).await.unwrap();
+            assert!(answer[..n].ends_with(b"\r\n\r\nx"));
+            tokio::time::sleep(idle / 3).await;
+        }
+        let active_until = started.elapsed();
+        assert!(active_until > idle);
+        // ...then, idle, it closes within two periods.
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest))
+            .await
+            .expect("closed by the server")
+            .unwrap();
+        assert!(rest.is_empty());
+        let idle_for = started.elapsed() - active_until;
+        assert!(
+            idle_for < idle * 2 + Duration::from_millis(200),
+            "{idle_for:?}"
+        );
+        server.await.unwrap();
     }
 }

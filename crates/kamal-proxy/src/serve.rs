@@ -26,8 +26,10 @@ use crate::tls::Tls;
 
 /// Largest request head accepted; larger heads get 431 (Go allows 1 MB plus slack).
 pub(crate) const MAX_HEAD_BYTES: usize = 1024 * 1024 + 4096;
-/// A client must send a complete request head within this time once it starts one, so idle or
-/// trickling connections cannot pin memory forever (upstream has no limit at all).
+/// A client must send a complete request head within this time, and an idle keep-alive
+/// connection is closed after about this long without a request (hyper's header-read timer runs
+/// while it waits for a head; [`crate::h1`] closes idle connections after one to two of these),
+/// so idle or trickling connections cannot pin memory forever (upstream has no limit at all).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The body of a request from any listener: hyper's (HTTP/1.1, HTTP/2) or an HTTP/3 stream.
@@ -205,7 +207,7 @@ pub async fn accept_loop<H: HttpHandler>(
                 }
             };
             let call = |req| answer(Arc::clone(&handler), req, conn, None);
-            crate::h1::serve(stream, call, &stop, fallback).await;
+            crate::h1::serve(stream, call, &stop, HEADER_READ_TIMEOUT, fallback).await;
         });
     }
 }

@@ -1033,7 +1033,7 @@ fn header(
         "## cargo xtask bench — {date}\n\n\
          - machine: {cpu}, {cores} cores{memory}, Linux {}; load average before the report: {}\n\
          - {}\n\
-         - kamal-proxy {commit} (release build, JSON access log to a pipe), {}, {}{}, upstream `bench-upstream` (hyper, 13-byte and 1 MiB answers)\n\
+         - kamal-proxy {commit} (release build, JSON access log to {}), {}, {}{}, upstream `bench-upstream` (hyper, 13-byte and 1 MiB answers)\n\
          - each figure: median of {} interleaved rounds of {} s after a {} s warm-up; errors summed; peak RSS is the largest VmHWM of the proxy's processes in a round; proxy CPU from /proc (user + system)\n\
          - took {:.0} s\n",
         kernel.trim(),
@@ -1042,6 +1042,11 @@ fn header(
             "pinned: proxy on core 0, the load generator (wrk or h2load, 1 thread) and the upstream on core 1"
         } else {
             "not pinned (needs taskset and 2 cores)"
+        },
+        if options.log_pipe {
+            "a pipe the bench reads"
+        } else {
+            "a file"
         },
         nginx.map_or("nginx missing".into(), |n| first_line(n, "-v")),
         first_line(wrk, "-v"),
