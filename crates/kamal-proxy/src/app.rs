@@ -628,24 +628,21 @@ const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// §7.1). Both values are formatted on the stack; each header costs one lookup and one copy
 /// into the map.
 pub fn stamp_request<B>(req: &mut Request<B>) {
-    use http::header::Entry;
     let headers = req.headers_mut();
-    match headers.entry(X_REQUEST_START) {
+    stamp_unless_set(headers, X_REQUEST_START, request_start);
+    stamp_unless_set(headers, X_REQUEST_ID, new_request_id);
+}
+
+/// Sets `name` to `value()` unless the request carries a non-empty one (one hashed lookup).
+fn stamp_unless_set(headers: &mut http::HeaderMap, name: HeaderName, value: fn() -> HeaderValue) {
+    use http::header::Entry;
+    match headers.entry(name) {
         Entry::Occupied(e) if !e.get().is_empty() => {}
         Entry::Occupied(mut e) => {
-            e.insert(request_start());
+            e.insert(value());
         }
         Entry::Vacant(e) => {
-            e.insert(request_start());
-        }
-    }
-    match headers.entry(X_REQUEST_ID) {
-        Entry::Occupied(e) if !e.get().is_empty() => {}
-        Entry::Occupied(mut e) => {
-            e.insert(new_request_id());
-        }
-        Entry::Vacant(e) => {
-            e.insert(new_request_id());
+            e.insert(value());
         }
     }
 }

@@ -802,14 +802,29 @@ mod tests {
         response
     }
 
-    /// Everything a server sends back for `request` until it closes, `date` lines removed (they
-    /// differ between two servers a second apart). `fast`: this module; otherwise hyper's
-    /// HTTP/1.1 server as kamal-proxy configured it before.
-    async fn exchange(request: &[u8], fast: bool, make: fn() -> Response<TestBody>) -> String {
+    /// Accepts one connection on a fresh loopback port and runs `handle` on it.
+    async fn accept_one<F, Fut>(
+        handle: F,
+    ) -> (std::net::SocketAddr, tokio::task::JoinHandle<Fut::Output>)
+    where
+        F: FnOnce(TcpStream) -> Fut + Send + 'static,
+        Fut: Future + Send + 'static,
+        Fut::Output: Send + 'static,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {
             let (stream, _) = listener.accept().await.unwrap();
+            handle(stream).await
+        });
+        (addr, server)
+    }
+
+    /// Everything a server sends back for `request` until it closes, `date` lines removed (they
+    /// differ between two servers a second apart). `fast`: this module; otherwise hyper's
+    /// HTTP/1.1 server as kamal-proxy configured it before.
+    async fn exchange(request: &[u8], fast: bool, make: fn() -> Response<TestBody>) -> String {
+        let (addr, server) = accept_one(move |stream| async move {
             if fast {
                 let call = |_req| async move { make() };
                 let fallback = |_, _| async { panic!("handed to hyper") };
@@ -824,7 +839,8 @@ mod tests {
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
             }
-        });
+        })
+        .await;
         let mut client = TcpStream::connect(addr).await.unwrap();
         client.write_all(request).await.unwrap();
         let mut got = Vec::new();
@@ -983,10 +999,7 @@ mod tests {
 
     /// Feeds `request` to `serve` and returns what it handed to hyper, if anything.
     async fn handed_over(request: &'static [u8]) -> (Option<Bytes>, usize) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
+        let (addr, server) = accept_one(move |stream| async move {
             let (tx, rx) = std::sync::mpsc::channel();
             let calls = std::sync::atomic::AtomicUsize::new(0);
             let call = |_req| {
@@ -999,7 +1012,8 @@ mod tests {
             };
             serve(stream, call, &Stop::default(), LONG, fallback).await;
             (rx.try_recv().ok(), calls.into_inner())
-        });
+        })
+        .await;
         let mut client = TcpStream::connect(addr).await.unwrap();
         client.write_all(request).await.unwrap();
         client.shutdown().await.unwrap();
@@ -1090,11 +1104,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_client_that_leaves_cancels_its_request() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let (dropped_tx, dropped_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
+        let (addr, server) = accept_one(move |stream| async move {
             let guard = std::sync::Mutex::new(Some(dropped_tx));
             let call = |_req| {
                 // Dropped (and so sends) when the request's future is dropped.
@@ -1106,7 +1117,8 @@ mod tests {
             };
             let fallback = |_, _| async { panic!("handed to hyper") };
             serve(stream, call, &Stop::default(), LONG, fallback).await;
-        });
+        })
+        .await;
         let mut client = TcpStream::connect(addr).await.unwrap();
         client
             .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
@@ -1127,13 +1139,10 @@ mod tests {
 
     #[tokio::test]
     async fn stop_closes_idle_connections_and_the_next_answer_says_close() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let stop = Stop::default();
-        let server = {
+        let (addr, server) = {
             let stop = stop.clone();
-            tokio::spawn(async move {
-                let (stream, _) = listener.accept().await.unwrap();
+            accept_one(move |stream| async move {
                 let call = |_req| {
                     let stop = stop.clone();
                     async move {
@@ -1145,6 +1154,7 @@ mod tests {
                 let fallback = |_, _| async { panic!("handed to hyper") };
                 serve(stream, call, &stop, LONG, fallback).await;
             })
+            .await
         };
         let mut client = TcpStream::connect(addr).await.unwrap();
         client
@@ -1162,17 +1172,15 @@ mod tests {
         server.await.unwrap();
 
         // An idle connection closes as soon as shutdown begins.
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let stop = Stop::default();
-        let server = {
+        let (addr, server) = {
             let stop = stop.clone();
-            tokio::spawn(async move {
-                let (stream, _) = listener.accept().await.unwrap();
+            accept_one(move |stream| async move {
                 let call = |_req| async { response(200, &[], full(b"x")) };
                 let fallback = |_, _| async { panic!("handed to hyper") };
                 serve(stream, call, &stop, LONG, fallback).await;
             })
+            .await
         };
         let mut client = TcpStream::connect(addr).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -1198,14 +1206,12 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_close_after_one_to_two_idle_periods() {
         let idle = Duration::from_millis(300);
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
+        let (addr, server) = accept_one(move |stream| async move {
             let call = |_req| async { response(200, &[], full(b"x")) };
             let fallback = |_, _| async { panic!("handed to hyper") };
             serve(stream, call, &Stop::default(), idle, fallback).await;
-        });
+        })
+        .await;
         let started = std::time::Instant::now();
         let mut client = TcpStream::connect(addr).await.unwrap();
         // Requests keep it open past the first period...
