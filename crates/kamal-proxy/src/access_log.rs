@@ -9,15 +9,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{CONTENT_TYPE, HOST, USER_AGENT};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri, Version};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use kamal_balancer::headers::X_FORWARDED_FOR;
 use percent_encoding::percent_decode_str;
 
+use crate::app::X_REQUEST_ID;
 use crate::logging::{line_start, push_i64, push_ip, push_json_str, push_u64, write_with};
 use crate::metrics::ServiceMetrics;
-
-/// `X-Request-ID`, logged as `request_id`.
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Status recorded when the client disappears before the response started (nginx's 499).
 pub const CLIENT_CLOSED_REQUEST: u16 = 499;

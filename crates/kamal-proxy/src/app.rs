@@ -622,7 +622,7 @@ impl HttpHandler for App {
 /// `X-Request-Start`: when the proxy received the request, as `t=<unix milliseconds>`.
 const X_REQUEST_START: HeaderName = HeaderName::from_static("x-request-start");
 /// `X-Request-ID`: a UUID identifying the request in logs, unless the client sent one.
-const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Sets `X-Request-Start` and `X-Request-ID`, unless the client sent non-empty ones (spec
 /// §7.1). Both values are formatted on the stack; each header costs one lookup and one copy

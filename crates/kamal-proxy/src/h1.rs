@@ -169,20 +169,22 @@ pub(crate) async fn serve<C, Fut, B, F, FFut>(
         };
         let head_request = req.method() == Method::HEAD;
 
-        // Boxed, so an idle connection does not carry room for a request's future.
-        let mut answer = Box::pin(call(req));
-        let response = poll_fn(|cx| {
-            if let Poll::Ready(response) = answer.as_mut().poll(cx) {
-                return Poll::Ready(Some(response));
-            }
-            // The client leaving cancels the request, as hyper does without half-close.
-            match watch_client(&mut stream, &mut buf, cx) {
-                Poll::Ready(()) => Poll::Ready(None),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await;
-        drop(answer);
+        let response = {
+            // Pinned in place, not boxed: callers keep a large handler future behind a box of its
+            // own (`serve::answer` does), so this one is small.
+            let mut answer = pin!(call(req));
+            poll_fn(|cx| {
+                if let Poll::Ready(response) = answer.as_mut().poll(cx) {
+                    return Poll::Ready(Some(response));
+                }
+                // The client leaving cancels the request, as hyper does without half-close.
+                match watch_client(&mut stream, &mut buf, cx) {
+                    Poll::Ready(()) => Poll::Ready(None),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await
+        };
         let Some(response) = response else { return };
 
         served += 1;

@@ -89,10 +89,20 @@ impl Log {
     /// appends, so it writes from the start again). A no-op for a pipe, counted as read.
     pub fn collect(&self) {
         let Some(path) = &self.file else { return };
-        let Ok(bytes) = std::fs::read(path) else {
+        let Ok(file) = std::fs::File::open(path) else {
             return;
         };
-        let lines = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+        // Read in pieces: a load leaves a few hundred megabytes of lines.
+        let mut reader = BufReader::with_capacity(256 * 1024, file);
+        let mut lines = 0u64;
+        while let Ok(buf) = reader.fill_buf() {
+            if buf.is_empty() {
+                break;
+            }
+            lines += buf.iter().filter(|&&b| b == b'\n').count() as u64;
+            let n = buf.len();
+            reader.consume(n);
+        }
         self.lines.fetch_add(lines, Ordering::Relaxed);
         if let Ok(file) = std::fs::OpenOptions::new().write(true).open(path) {
             let _ = file.set_len(0);
