@@ -15,7 +15,6 @@ pub mod buffering;
 pub mod cli;
 pub mod cookies;
 pub mod error_pages;
-mod h1;
 pub mod http3;
 pub mod logging;
 pub mod metrics;

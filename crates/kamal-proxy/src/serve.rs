@@ -1,5 +1,5 @@
 //! Listeners and connections: accepting TCP, serving HTTP/1.1 (the common requests in
-//! [`crate::h1`], everything else and h2c with hyper-util), and shutting down gracefully.
+//! `kamal_http1`, everything else and h2c with hyper-util), and shutting down gracefully.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,7 +28,7 @@ use crate::tls::Tls;
 pub(crate) const MAX_HEAD_BYTES: usize = 1024 * 1024 + 4096;
 /// A client must send a complete request head within this time, and an idle keep-alive
 /// connection is closed after about this long without a request (hyper's header-read timer runs
-/// while it waits for a head; [`crate::h1`] closes idle connections after one to two of these),
+/// while it waits for a head; `kamal_http1` closes idle connections after one to two of these),
 /// so idle or trickling connections cannot pin memory forever (upstream has no limit at all).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -39,7 +39,7 @@ pub enum RequestBody {
     Http(Incoming),
     /// From an HTTP/3 request stream.
     Http3(crate::http3::H3Body),
-    /// No body: a `GET` or `HEAD` served by [`crate::h1`].
+    /// No body: a `GET` or `HEAD` served by `kamal_http1`.
     Empty,
 }
 
@@ -135,7 +135,7 @@ pub fn builder() -> auto::Builder<TokioExecutor> {
 /// are doing and wait until they have.
 #[derive(Debug, Clone, Default)]
 pub struct Connections {
-    stop: crate::h1::Stop,
+    stop: kamal_http1::Stop,
     tracker: TaskTracker,
 }
 
@@ -206,8 +206,15 @@ pub async fn accept_loop<H: HttpHandler>(
                     )
                 }
             };
-            let call = |req| answer(Arc::clone(&handler), req, conn, None);
-            crate::h1::serve(stream, call, &stop, HEADER_READ_TIMEOUT, fallback).await;
+            let call = |req: Request<()>| {
+                answer(
+                    Arc::clone(&handler),
+                    req.map(|()| RequestBody::Empty),
+                    conn,
+                    None,
+                )
+            };
+            kamal_http1::serve(stream, call, &stop, HEADER_READ_TIMEOUT, fallback).await;
         });
     }
 }
@@ -301,7 +308,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
 }
 
 /// Serves HTTP/1.1 and HTTP/2 with hyper-util on an established byte stream (TLS, or plain TCP
-/// that [`crate::h1`] handed over) until it closes; `stop` makes it finish gracefully.
+/// that `kamal_http1` handed over) until it closes; `stop` makes it finish gracefully.
 async fn serve_hyper<H, IO>(
     io: IO,
     conn: ConnInfo,

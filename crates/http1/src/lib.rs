@@ -3,12 +3,12 @@
 //! hyper's server keeps 16 KiB of buffers for a connection's whole life, arms a header-read
 //! timer for every request and passes each request and response through its dispatcher. For
 //! the requests most traffic is made of (`GET` and `HEAD` without a body, from an HTTP/1.1
-//! client, whose head arrives whole) this module reads the head, parses it with httparse,
+//! client, whose head arrives whole) this crate reads the head, parses it with httparse,
 //! calls the handler and writes the response itself, holding no buffer while the connection is
 //! idle. Anything else (request bodies, `Expect`, upgrades and h2c, `TE`, HTTP/1.0, other
-//! methods, a head that has not fully arrived, input httparse rejects) is handed to hyper with
-//! the bytes read so far, and hyper serves the connection from then on: its answers to such
-//! requests (400, 431, 414, timeouts) stay exactly as they were.
+//! methods, a head that has not fully arrived, input httparse rejects) is handed to a fallback
+//! with the bytes read so far (kamal-proxy gives it to hyper, which serves the connection from
+//! then on, so its answers to such requests — 400, 431, 414, timeouts — stay as they were).
 //!
 //! Responses are framed as hyper frames them (the `serve` tests compare both byte for byte):
 //! `Content-Length` from the header or the body's exact size, chunked otherwise, no body for
@@ -32,8 +32,8 @@ use tokio::net::TcpStream;
 use tokio_util::io::poll_read_buf;
 use tokio_util::sync::CancellationToken;
 
-use crate::body::BoxError;
-use crate::serve::RequestBody;
+/// Errors of a response body; they abort the connection.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Bytes asked of the socket when a request starts: more than a typical request head.
 const FIRST_READ: usize = 4096;
@@ -51,7 +51,7 @@ const GATHER: usize = 16 * 1024;
 #[allow(clippy::large_enum_variant)]
 enum Parsed {
     /// A request this module serves, and whether the client asked to close afterwards.
-    Simple(Request<RequestBody>, bool),
+    Simple(Request<()>, bool),
     /// Anything else: hyper takes the connection. Holds the head when it was already split off
     /// the buffer (its bytes come before the buffer's).
     Hyper(Option<Bytes>),
@@ -60,24 +60,25 @@ enum Parsed {
 /// Tells connections to close: a flag each connection reads once per request (one atomic load),
 /// and a token that wakes the idle ones. (A token alone would take a lock on every check.)
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Stop {
+pub struct Stop {
     flag: Arc<AtomicBool>,
     token: CancellationToken,
 }
 
 impl Stop {
     /// Makes every connection close once its request in flight is answered.
-    pub(crate) fn stop(&self) {
+    pub fn stop(&self) {
         self.flag.store(true, Ordering::Release);
         self.token.cancel();
     }
 
-    pub(crate) fn is_stopped(&self) -> bool {
+    /// Whether [`Stop::stop`] was called.
+    pub fn is_stopped(&self) -> bool {
         self.flag.load(Ordering::Acquire)
     }
 
     /// Fires when [`Stop::stop`] is called.
-    pub(crate) fn token(&self) -> &CancellationToken {
+    pub fn token(&self) -> &CancellationToken {
         &self.token
     }
 }
@@ -89,14 +90,14 @@ impl Stop {
 /// A connection that waits for its next request for between `idle` and twice `idle` is
 /// closed (hyper closed one after its header-read timeout). One timer per connection,
 /// re-armed only when it fires, keeps that bound without arming a timer for every request.
-pub(crate) async fn serve<C, Fut, B, F, FFut>(
+pub async fn serve<C, Fut, B, F, FFut>(
     mut stream: TcpStream,
     call: C,
     stop: &Stop,
     idle: Duration,
     fallback: F,
 ) where
-    C: Fn(Request<RequestBody>) -> Fut,
+    C: Fn(Request<()>) -> Fut,
     Fut: Future<Output = Response<B>>,
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
@@ -171,7 +172,7 @@ pub(crate) async fn serve<C, Fut, B, F, FFut>(
 
         let response = {
             // Pinned in place, not boxed: callers keep a large handler future behind a box of its
-            // own (`serve::answer` does), so this one is small.
+            // own (kamal-proxy's does), so this one is small.
             let mut answer = pin!(call(req));
             poll_fn(|cx| {
                 if let Poll::Ready(response) = answer.as_mut().poll(cx) {
@@ -299,7 +300,7 @@ fn parse(buf: &mut BytesMut, spans: &mut Vec<Span>) -> Parsed {
         };
         headers.append(name, value);
     }
-    let mut req = Request::new(RequestBody::Empty);
+    let mut req = Request::new(());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.headers_mut() = headers;
