@@ -117,9 +117,12 @@ pub async fn serve<C, Fut, B, F, FFut>(
     let (mut served, mut served_when_armed) = (0u64, 0u64);
     loop {
         if buf.is_empty() {
-            // Idle: hold no read buffer (it is allocated when bytes arrive), and give back a
-            // write buffer that grew large.
-            buf = BytesMut::new();
+            // Between requests: the read buffer is kept for the next request (its allocation is
+            // reused once the last request's header values are gone) unless it grew past one
+            // read; buffers are given back when the connection sits idle (below).
+            if buf.capacity() > FIRST_READ {
+                buf = BytesMut::new();
+            }
             if out.capacity() > GATHER {
                 out = Vec::new();
             }
@@ -138,6 +141,8 @@ pub async fn serve<C, Fut, B, F, FFut>(
                         return Poll::Ready(Ok(0));
                     }
                     served_when_armed = served;
+                    // Idle for a while: hold no read buffer until bytes arrive.
+                    buf = BytesMut::new();
                     idle_timer
                         .as_mut()
                         .reset(tokio::time::Instant::now() + idle);
@@ -216,6 +221,13 @@ fn watch_client(stream: &mut TcpStream, buf: &mut BytesMut, cx: &mut Context<'_>
     loop {
         if buf.len() >= MAX_AHEAD {
             return Poll::Pending;
+        }
+        // Readiness first: a client that sends nothing while it waits (nearly all) costs
+        // neither a read nor room in the buffer.
+        match stream.poll_read_ready(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(_)) => return Poll::Ready(()),
+            Poll::Pending => return Poll::Pending,
         }
         buf.reserve(FIRST_READ);
         match poll_read_buf(Pin::new(&mut *stream), cx, buf) {

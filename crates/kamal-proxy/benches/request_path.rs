@@ -49,7 +49,7 @@ fn bench(c: &mut Criterion) {
         .expect("a valid response");
     log.set_response(&resp);
     log.add_body_bytes(13);
-    let mut out = String::with_capacity(64 * 1024);
+    let mut out = Vec::with_capacity(64 * 1024);
     c.bench_function("access_log render", |b| {
         b.iter(|| {
             out.clear();

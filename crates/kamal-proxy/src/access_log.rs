@@ -14,7 +14,9 @@ use kamal_balancer::headers::X_FORWARDED_FOR;
 use percent_encoding::percent_decode_str;
 
 use crate::app::X_REQUEST_ID;
-use crate::logging::{line_start, push_i64, push_ip, push_json_str, push_u64, write_with};
+use crate::logging::{
+    line_start, push_i64, push_ip, push_json_header, push_json_str, push_u64, write_with,
+};
 use crate::metrics::ServiceMetrics;
 
 /// Status recorded when the client disappears before the response started (nginx's 499).
@@ -191,65 +193,81 @@ impl AccessLog {
     }
 
     /// Appends the log line to `out` (a worker's log buffer: no allocation per request).
-    pub fn render_into(&self, out: &mut String, duration: std::time::Duration) {
+    pub fn render_into(&self, out: &mut Vec<u8>, duration: std::time::Duration) {
         line_start(out, "INFO", "Request");
-        let host = value_str(&self.host);
         // HTTP/2 requests carry the host in the URI authority, not in a Host header.
-        let host = if host.is_empty() {
-            self.uri.authority().map(|a| a.as_str()).unwrap_or("")
-        } else {
-            host
+        let host = match value_str(&self.host) {
+            "" => self.uri.authority().map_or("", |a| a.as_str()),
+            host => host,
         };
-        str_field(out, "host", host);
-        out.push_str(",\"port\":");
+        str_field(out, ",\"host\":", host);
+        out.extend_from_slice(b",\"port\":");
         push_u64(out, self.conn.port.into());
         let path = self.uri.path();
-        str_field(out, "path", &percent_decode_str(path).decode_utf8_lossy());
-        str_field(out, "request_id", value_str(&self.request_id));
-        out.push_str(",\"status\":");
+        if path.contains('%') {
+            str_field(
+                out,
+                ",\"path\":",
+                &percent_decode_str(path).decode_utf8_lossy(),
+            );
+        } else {
+            str_field(out, ",\"path\":", path);
+        }
+        header_field(out, ",\"request_id\":", &self.request_id);
+        out.extend_from_slice(b",\"status\":");
         push_u64(out, self.status.into());
-        str_field(out, "service", self.service.as_deref().unwrap_or(""));
-        str_field(out, "target", value_str(&self.target));
-        out.push_str(",\"duration\":");
+        str_field(out, ",\"service\":", self.service.as_deref().unwrap_or(""));
+        header_field(out, ",\"target\":", &self.target);
+        out.extend_from_slice(b",\"duration\":");
         // Over u64 nanoseconds is over 584 years.
         push_u64(out, u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX));
-        str_field(out, "method", self.method.as_str());
-        out.push_str(",\"req_content_length\":");
+        str_field(out, ",\"method\":", self.method.as_str());
+        out.extend_from_slice(b",\"req_content_length\":");
         push_i64(out, self.req_content_length);
-        str_field(out, "req_content_type", value_str(&self.req_content_type));
-        out.push_str(",\"resp_content_length\":");
+        header_field(out, ",\"req_content_type\":", &self.req_content_type);
+        out.extend_from_slice(b",\"resp_content_length\":");
         push_u64(out, self.resp_content_length);
-        str_field(out, "resp_content_type", value_str(&self.resp_content_type));
+        header_field(out, ",\"resp_content_type\":", &self.resp_content_type);
         // IP addresses and ports need no JSON escaping: written straight into the line.
         let ip = self.conn.peer.ip();
-        out.push_str(",\"client_addr\":\"");
+        out.extend_from_slice(b",\"client_addr\":\"");
         push_ip(out, ip);
-        out.push_str("\",\"client_port\":\"");
+        out.extend_from_slice(b"\",\"client_port\":\"");
         push_u64(out, self.conn.peer.port().into());
-        out.push('"');
-        let remote = value_str(&self.remote_addr);
-        if remote.is_empty() {
-            out.push_str(",\"remote_addr\":\"");
-            push_ip(out, ip);
-            out.push('"');
-        } else {
-            str_field(out, "remote_addr", remote);
+        out.push(b'"');
+        match value_str(&self.remote_addr) {
+            "" => {
+                out.extend_from_slice(b",\"remote_addr\":\"");
+                push_ip(out, ip);
+                out.push(b'"');
+            }
+            remote => str_field(out, ",\"remote_addr\":", remote),
         }
-        str_field(out, "user_agent", value_str(&self.user_agent));
-        str_field(out, "proto", proto(self.version));
-        str_field(out, "scheme", if self.conn.tls { "https" } else { "http" });
-        str_field(out, "query", self.uri.query().unwrap_or(""));
+        header_field(out, ",\"user_agent\":", &self.user_agent);
+        out.extend_from_slice(match (self.version, self.conn.tls) {
+            (Version::HTTP_10, false) => b",\"proto\":\"HTTP/1.0\",\"scheme\":\"http\"",
+            (Version::HTTP_10, true) => b",\"proto\":\"HTTP/1.0\",\"scheme\":\"https\"",
+            (Version::HTTP_2, false) => b",\"proto\":\"HTTP/2.0\",\"scheme\":\"http\"",
+            (Version::HTTP_2, true) => b",\"proto\":\"HTTP/2.0\",\"scheme\":\"https\"",
+            (Version::HTTP_3, false) => b",\"proto\":\"HTTP/3.0\",\"scheme\":\"http\"",
+            (Version::HTTP_3, true) => b",\"proto\":\"HTTP/3.0\",\"scheme\":\"https\"",
+            (Version::HTTP_09, false) => b",\"proto\":\"HTTP/0.9\",\"scheme\":\"http\"",
+            (Version::HTTP_09, true) => b",\"proto\":\"HTTP/0.9\",\"scheme\":\"https\"",
+            (_, false) => b",\"proto\":\"HTTP/1.1\",\"scheme\":\"http\"",
+            (_, true) => b",\"proto\":\"HTTP/1.1\",\"scheme\":\"https\"",
+        });
+        str_field(out, ",\"query\":", self.uri.query().unwrap_or(""));
         for (key, value) in &self.extra {
             extra_field(out, key, value);
         }
-        out.push_str("}\n");
+        out.extend_from_slice(b"}\n");
     }
 
     #[cfg(test)]
     fn render(&self, duration: std::time::Duration) -> String {
-        let mut out = String::new();
+        let mut out = Vec::new();
         self.render_into(&mut out, duration);
-        out
+        String::from_utf8(out).expect("log lines are UTF-8")
     }
 }
 
@@ -301,30 +319,27 @@ fn value_str(v: &Option<HeaderValue>) -> &str {
     v.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("")
 }
 
-/// A string field under one of the fixed keys, which need no escaping.
-fn str_field(out: &mut String, key: &str, value: &str) {
-    out.push_str(",\"");
-    out.push_str(key);
-    out.push_str("\":");
+/// A string field: `key` is the comma, the quoted key and the colon (constant, so the
+/// copy is inlined).
+#[inline(always)]
+fn str_field(out: &mut Vec<u8>, key: &'static str, value: &str) {
+    out.extend_from_slice(key.as_bytes());
     push_json_str(out, value);
+}
+
+/// A header value's field (`""` when absent or not visible ASCII, as `to_str` decides).
+#[inline(always)]
+fn header_field(out: &mut Vec<u8>, key: &'static str, value: &Option<HeaderValue>) {
+    out.extend_from_slice(key.as_bytes());
+    push_json_header(out, value.as_ref());
 }
 
 /// A string field under a key derived from a header name given by the operator.
-fn extra_field(out: &mut String, key: &str, value: &str) {
-    out.push(',');
+fn extra_field(out: &mut Vec<u8>, key: &str, value: &str) {
+    out.push(b',');
     push_json_str(out, key);
-    out.push(':');
+    out.push(b':');
     push_json_str(out, value);
-}
-
-fn proto(v: Version) -> &'static str {
-    match v {
-        Version::HTTP_09 => "HTTP/0.9",
-        Version::HTTP_10 => "HTTP/1.0",
-        Version::HTTP_2 => "HTTP/2.0",
-        Version::HTTP_3 => "HTTP/3.0",
-        _ => "HTTP/1.1",
-    }
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@ const FLUSH_AT: usize = 32 * 1024;
 thread_local! {
     /// Lines formatted on this thread and not yet written; `None` on threads that write
     /// through at once (everything but the runtime's workers).
-    static PENDING: RefCell<Option<String>> = const { RefCell::new(None) };
+    static PENDING: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
 }
 
 /// Called by each runtime worker whenever it goes idle (`on_thread_park`): hands over the
@@ -78,7 +78,7 @@ pub fn worker_idle() {
         match pending.as_mut() {
             Some(buf) if !buf.is_empty() => hand_over(buf),
             Some(_) => {}
-            None => *pending = Some(String::with_capacity(FLUSH_AT * 2)),
+            None => *pending = Some(Vec::with_capacity(FLUSH_AT * 2)),
         }
     });
 }
@@ -106,7 +106,7 @@ pub fn finish() {
 /// Queues one complete log line built by `render` (the access log renders straight into the
 /// buffer, so a request allocates nothing for its log line). Busy workers thus hand over
 /// batches, with no lock or system call per request.
-pub fn write_with(render: impl FnOnce(&mut String)) {
+pub fn write_with(render: impl FnOnce(&mut Vec<u8>)) {
     PENDING.with(|p| match p.borrow_mut().as_mut() {
         Some(buf) => {
             render(buf);
@@ -115,16 +115,16 @@ pub fn write_with(render: impl FnOnce(&mut String)) {
             }
         }
         None => {
-            let mut line = String::with_capacity(512);
+            let mut line = Vec::with_capacity(512);
             render(&mut line);
-            write_event(line.as_bytes());
+            write_event(&line);
         }
     });
 }
 
 /// Queues `buf`'s lines for the writer thread and empties it (keeping its allocation).
-fn hand_over(buf: &mut String) {
-    handoff().push(buf.as_bytes());
+fn hand_over(buf: &mut Vec<u8>) {
+    handoff().push(buf);
     buf.clear();
 }
 
@@ -293,12 +293,12 @@ impl Drop for LineWriter {
 }
 
 /// The `time`, `level` and `msg` prefix of a log line, without the closing brace.
-pub fn line_start(out: &mut String, level: &str, msg: &str) {
-    out.push_str("{\"time\":\"");
+pub fn line_start(out: &mut Vec<u8>, level: &str, msg: &str) {
+    out.extend_from_slice(b"{\"time\":\"");
     push_time(out, SystemTime::now());
-    out.push_str("\",\"level\":\"");
-    out.push_str(level);
-    out.push_str("\",\"msg\":");
+    out.extend_from_slice(b"\",\"level\":\"");
+    out.extend_from_slice(level.as_bytes());
+    out.extend_from_slice(b"\",\"msg\":");
     push_json_str(out, msg);
 }
 
@@ -326,27 +326,28 @@ where
         };
         let mut visitor = FieldVisitor::default();
         event.record(&mut visitor);
-        let mut line = String::with_capacity(128 + visitor.fields.len());
+        let mut line = Vec::with_capacity(128 + visitor.fields.len());
         line_start(&mut line, level, &visitor.message);
-        line.push_str(&visitor.fields);
-        line.push_str("}\n");
-        writer.write_str(&line)
+        line.extend_from_slice(&visitor.fields);
+        line.extend_from_slice(b"}\n");
+        // Built from `str`s and JSON escapes only: always UTF-8, so this borrows.
+        writer.write_str(&String::from_utf8_lossy(&line))
     }
 }
 
 #[derive(Default)]
 struct FieldVisitor {
     message: String,
-    fields: String,
+    fields: Vec<u8>,
 }
 
 impl FieldVisitor {
     fn key(&mut self, field: &Field) {
         let name = field.name();
         let name = name.strip_prefix("json.").unwrap_or(name);
-        self.fields.push(',');
+        self.fields.push(b',');
         push_json_str(&mut self.fields, name);
-        self.fields.push(':');
+        self.fields.push(b':');
     }
 }
 
@@ -356,7 +357,7 @@ impl Visit for FieldVisitor {
             self.message.push_str(value);
         } else if field.name().starts_with("json.") {
             self.key(field);
-            self.fields.push_str(value);
+            self.fields.extend_from_slice(value.as_bytes());
         } else {
             self.key(field);
             push_json_str(&mut self.fields, value);
@@ -365,18 +366,18 @@ impl Visit for FieldVisitor {
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         self.key(field);
-        let _ = write!(self.fields, "{value}");
+        push_i64(&mut self.fields, value);
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         self.key(field);
-        let _ = write!(self.fields, "{value}");
+        push_u64(&mut self.fields, value);
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
         self.key(field);
         if value.is_finite() {
-            let _ = write!(self.fields, "{value}");
+            self.fields.extend_from_slice(value.to_string().as_bytes());
         } else {
             push_json_str(&mut self.fields, &value.to_string());
         }
@@ -384,7 +385,8 @@ impl Visit for FieldVisitor {
 
     fn record_bool(&mut self, field: &Field, value: bool) {
         self.key(field);
-        self.fields.push_str(if value { "true" } else { "false" });
+        self.fields
+            .extend_from_slice(if value { b"true" } else { b"false" });
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
@@ -397,54 +399,130 @@ impl Visit for FieldVisitor {
     }
 }
 
+/// Whether `check` finds anything in any eight bytes of `bytes` read as one word (SWAR). The
+/// last word overlaps the one before it; a string shorter than a word is padded with `a`,
+/// which no check looks for.
+#[inline(always)]
+fn any_word(bytes: &[u8], check: impl Fn(u64) -> u64) -> bool {
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"));
+    let n = bytes.len();
+    if n < 8 {
+        let mut padded = [b'a'; 8];
+        for (p, b) in padded.iter_mut().zip(bytes) {
+            *p = *b;
+        }
+        return check(u64::from_le_bytes(padded)) != 0;
+    }
+    let mut at = 0;
+    while at + 8 <= n {
+        if check(word(at)) != 0 {
+            return true;
+        }
+        at += 8;
+    }
+    at != n && check(word(n - 8)) != 0
+}
+
+const ONES: u64 = u64::from_ne_bytes([1; 8]);
+const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+
+/// Non-zero if any byte of `x` is below `n` (exact for `n <= 128`).
+const fn any_below(x: u64, n: u8) -> u64 {
+    x.wrapping_sub(ONES * n as u64) & !x & HIGHS
+}
+
+/// Non-zero if any byte of `x` equals `b`.
+const fn any_equal(x: u64, b: u8) -> u64 {
+    any_below(x ^ (ONES * b as u64), 1)
+}
+
 /// Whether any byte of `bytes` must be escaped in a JSON string: a control character, `"`,
-/// `\\`, or 0xE2, the lead byte of U+2028/U+2029 (checked exactly by the slow path). Written
-/// without an early exit so that the compiler vectorises it: log values are short.
+/// `\\`, or 0xE2, the lead byte of U+2028/U+2029 (checked exactly by the slow path).
 fn needs_escaping(bytes: &[u8]) -> bool {
-    bytes.iter().fold(false, |found, &b| {
-        found | (b < 0x20) | (b == b'"') | (b == b'\\') | (b == 0xE2)
+    any_word(bytes, |x| {
+        any_below(x, 0x20) | any_equal(x, b'"') | any_equal(x, b'\\') | any_equal(x, 0xE2)
     })
+}
+
+/// Whether `bytes` is printable ASCII without `"` and `\\`: a header value that goes into a
+/// JSON string as it is (`HeaderValue::to_str` accepts it, and nothing needs escaping).
+fn plain_ascii(bytes: &[u8]) -> bool {
+    !any_word(bytes, |x| {
+        any_below(x, 0x20)
+            | (x & HIGHS)
+            | any_equal(x, 0x7F)
+            | any_equal(x, b'"')
+            | any_equal(x, b'\\')
+    })
+}
+
+/// Appends a header value as a JSON string, or `""` if it is not visible ASCII (as
+/// `HeaderValue::to_str` decides), checking and copying it in one pass when it needs no escape.
+pub fn push_json_header(out: &mut Vec<u8>, value: Option<&http::HeaderValue>) {
+    let bytes = value.map_or(&b""[..], |v| v.as_bytes());
+    if plain_ascii(bytes) {
+        out.reserve(bytes.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+    } else {
+        push_json_str(out, value.and_then(|v| v.to_str().ok()).unwrap_or(""));
+    }
 }
 
 /// Appends an unsigned integer in decimal (itoa: two digits per step from a table, without
 /// the formatter's machinery).
-pub fn push_u64(out: &mut String, n: u64) {
-    out.push_str(itoa::Buffer::new().format(n));
+pub fn push_u64(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Appends a signed integer in decimal.
-pub fn push_i64(out: &mut String, n: i64) {
-    out.push_str(itoa::Buffer::new().format(n));
+pub fn push_i64(out: &mut Vec<u8>, n: i64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// Appends an IP address as Go prints it (dotted quad for IPv4, RFC 5952 for IPv6).
-pub fn push_ip(out: &mut String, ip: std::net::IpAddr) {
+pub fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
     match ip {
         std::net::IpAddr::V4(v4) => {
-            let [a, b, c, d] = v4.octets();
-            push_u64(out, a.into());
-            for octet in [b, c, d] {
-                out.push('.');
-                push_u64(out, octet.into());
+            // Formatted on the stack and appended at once: one copy instead of seven.
+            let mut text = [0u8; 15];
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text[len] = b'.';
+                    len += 1;
+                }
+                if octet >= 100 {
+                    text[len] = b'0' + octet / 100;
+                    len += 1;
+                }
+                if octet >= 10 {
+                    text[len] = b'0' + octet / 10 % 10;
+                    len += 1;
+                }
+                text[len] = b'0' + octet % 10;
+                len += 1;
             }
+            out.extend_from_slice(&text[..len]);
         }
-        std::net::IpAddr::V6(v6) => {
-            let _ = write!(out, "{v6}");
-        }
+        std::net::IpAddr::V6(v6) => out.extend_from_slice(v6.to_string().as_bytes()),
     }
 }
 
 /// Appends `s` as a JSON string. Unlike many encoders, `<`, `>` and `&` stay literal (as Go's
 /// slog writes them); U+2028 and U+2029 are escaped.
-pub fn push_json_str(out: &mut String, s: &str) {
-    out.push('"');
+pub fn push_json_str(out: &mut Vec<u8>, s: &str) {
     // Fast path: most values (hosts, paths, ids) need no escaping at all. 0xE2 starts the
     // UTF-8 encoding of U+2028/U+2029.
     if !needs_escaping(s.as_bytes()) {
-        out.push_str(s);
-        out.push('"');
+        out.reserve(s.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
         return;
     }
+    out.push(b'"');
     let mut start = 0;
     for (i, c) in s.char_indices() {
         let escape: Option<&str> = match c {
@@ -458,35 +536,38 @@ pub fn push_json_str(out: &mut String, s: &str) {
             c if (c as u32) < 0x20 => None,
             _ => continue,
         };
-        out.push_str(&s[start..i]);
+        out.extend_from_slice(&s.as_bytes()[start..i]);
         match escape {
-            Some(e) => out.push_str(e),
+            Some(e) => out.extend_from_slice(e.as_bytes()),
             None => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let c = c as usize; // below 0x20
+                out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[c >> 4], HEX[c & 15]]);
             }
         }
         start = i + c.len_utf8();
     }
-    out.push_str(&s[start..]);
-    out.push('"');
+    out.extend_from_slice(&s.as_bytes()[start..]);
+    out.push(b'"');
 }
 
 /// Renders a list of strings as a JSON array (for `json.<key>` fields).
 pub fn json_list<S: AsRef<str>>(items: &[S]) -> String {
-    let mut out = String::from("[");
+    let mut out = vec![b'['];
     for (i, item) in items.iter().enumerate() {
         if i > 0 {
-            out.push(',');
+            out.push(b',');
         }
         push_json_str(&mut out, item.as_ref());
     }
-    out.push(']');
-    out
+    out.push(b']');
+    // Built from `str`s and JSON escapes only: always UTF-8.
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Appends `t` in RFC 3339 UTC with up to nine fractional digits, trailing zeros trimmed (Go's
 /// `time.RFC3339Nano`).
-pub fn push_time(out: &mut String, t: SystemTime) {
+pub fn push_time(out: &mut Vec<u8>, t: SystemTime) {
     thread_local! {
         /// The seconds part of the last time written on this thread, formatted: log lines
         /// come many to a second, so the calendar arithmetic runs about once a second.
@@ -511,21 +592,27 @@ pub fn push_time(out: &mut String, t: SystemTime) {
             );
             second.0 = secs;
         }
-        out.push_str(&second.1);
+        out.extend_from_slice(second.1.as_bytes());
     });
-    if nanos != 0 {
-        // Nine digits on the stack, trailing zeros trimmed.
-        let mut digits = [b'0'; 9];
-        let mut n = nanos;
-        for d in digits.iter_mut().rev() {
-            *d = b'0' + (n % 10) as u8;
-            n /= 10;
-        }
-        let len = 9 - digits.iter().rev().take_while(|d| **d == b'0').count();
-        out.push('.');
-        out.extend(digits[..len].iter().map(|d| char::from(*d)));
+    // The point and nine digits on the stack, trailing zeros trimmed, appended at once.
+    let mut fraction = [b'0'; 11];
+    fraction[0] = b'.';
+    let mut n = nanos;
+    for d in fraction[1..10].iter_mut().rev() {
+        *d = b'0' + (n % 10) as u8;
+        n /= 10;
     }
-    out.push('Z');
+    let mut len = 10
+        - fraction[1..10]
+            .iter()
+            .rev()
+            .take_while(|d| **d == b'0')
+            .count();
+    if nanos == 0 {
+        len = 0;
+    }
+    fraction[len] = b'Z';
+    out.extend_from_slice(&fraction[..=len]);
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -663,40 +750,44 @@ mod tests {
 
     #[test]
     fn time_is_rfc3339_with_trimmed_nanos() {
-        let mut s = String::new();
+        let mut s = Vec::new();
         push_time(
             &mut s,
             UNIX_EPOCH + Duration::new(1_795_710_827, 273_061_310),
         );
-        assert_eq!(s, "2026-11-26T16:33:47.27306131Z");
-        let mut s = String::new();
+        assert_eq!(
+            String::from_utf8(s).unwrap(),
+            "2026-11-26T16:33:47.27306131Z"
+        );
+        let mut s = Vec::new();
         push_time(&mut s, UNIX_EPOCH + Duration::from_secs(951_782_400)); // leap day 2000
-        assert_eq!(s, "2000-02-29T00:00:00Z");
+        assert_eq!(String::from_utf8(s).unwrap(), "2000-02-29T00:00:00Z");
     }
 
     #[test]
     fn numbers_and_addresses_print_like_display() {
         for n in [0, 7, 10, 499, 65_535, u64::MAX] {
-            let mut s = String::new();
+            let mut s = Vec::new();
             push_u64(&mut s, n);
-            assert_eq!(s, n.to_string());
+            assert_eq!(String::from_utf8(s).unwrap(), n.to_string());
         }
         for n in [-1, 0, 1_048_576, i64::MIN, i64::MAX] {
-            let mut s = String::new();
+            let mut s = Vec::new();
             push_i64(&mut s, n);
-            assert_eq!(s, n.to_string());
+            assert_eq!(String::from_utf8(s).unwrap(), n.to_string());
         }
         for ip in [
             "127.0.0.1",
             "0.0.0.0",
             "255.255.255.255",
+            "10.9.99.100",
             "::1",
             "2001:db8::7",
         ] {
             let ip: std::net::IpAddr = ip.parse().unwrap();
-            let mut s = String::new();
+            let mut s = Vec::new();
             push_ip(&mut s, ip);
-            assert_eq!(s, ip.to_string());
+            assert_eq!(String::from_utf8(s).unwrap(), ip.to_string());
         }
     }
 
@@ -708,17 +799,56 @@ mod tests {
             value[33] = special;
             assert!(needs_escaping(&value), "{special:#x}");
         }
-        let mut s = String::new();
+        let mut s = Vec::new();
         push_json_str(&mut s, "a\u{2028}b\u{2029}\"\\\t\u{1}é");
-        assert_eq!(s, r#""a\u2028b\u2029\"\\\t\u0001é""#);
+        assert_eq!(
+            String::from_utf8(s).unwrap(),
+            r#""a\u2028b\u2029\"\\\t\u0001é""#
+        );
+    }
+
+    #[test]
+    fn word_checks_agree_with_byte_checks() {
+        // Every byte value at every offset of every length up to 17 (two words and a tail),
+        // in a run of other bytes that need nothing: the eight-byte checks must match the
+        // plain definitions, including across word boundaries and in the padded tail.
+        let escape = |b: u8| b < 0x20 || b == b'"' || b == b'\\' || b == 0xE2;
+        let plain = |b: u8| (0x20..0x7F).contains(&b) && b != b'"' && b != b'\\';
+        for len in 1..=17 {
+            for at in 0..len {
+                for byte in 0..=255u8 {
+                    let mut value = vec![b'z'; len];
+                    value[at] = byte;
+                    assert_eq!(needs_escaping(&value), escape(byte), "{len} {at} {byte:#x}");
+                    assert_eq!(plain_ascii(&value), plain(byte), "{len} {at} {byte:#x}");
+                }
+            }
+        }
+        assert!(!needs_escaping(b"") && plain_ascii(b""));
+    }
+
+    #[test]
+    fn header_values_are_written_as_to_str_reads_them() {
+        let render = |v: Option<&http::HeaderValue>| {
+            let mut s = Vec::new();
+            push_json_header(&mut s, v);
+            String::from_utf8(s).unwrap()
+        };
+        let value = |b: &[u8]| http::HeaderValue::from_bytes(b).unwrap();
+        assert_eq!(render(None), r#""""#);
+        assert_eq!(render(Some(&value(b"text/html"))), r#""text/html""#);
+        assert_eq!(render(Some(&value(b"a \"q\" \\"))), r#""a \"q\" \\""#);
+        assert_eq!(render(Some(&value(b"a\tb"))), r#""a\tb""#);
+        // Not visible ASCII: `to_str` refuses it, so the log shows an empty string.
+        assert_eq!(render(Some(&value("é".as_bytes()))), r#""""#);
     }
 
     #[test]
     fn cached_second_is_replaced_when_the_second_changes() {
         let at = |secs, nanos| {
-            let mut s = String::new();
+            let mut s = Vec::new();
             push_time(&mut s, UNIX_EPOCH + Duration::new(secs, nanos));
-            s
+            String::from_utf8(s).unwrap()
         };
         assert_eq!(at(1_795_710_827, 5), "2026-11-26T16:33:47.000000005Z");
         assert_eq!(at(1_795_710_827, 100_000_000), "2026-11-26T16:33:47.1Z");
@@ -728,9 +858,12 @@ mod tests {
 
     #[test]
     fn strings_are_escaped_without_html_escaping() {
-        let mut s = String::new();
+        let mut s = Vec::new();
         push_json_str(&mut s, "/a<b>&c \"q\" \\ \n \u{1} \u{2028}");
-        assert_eq!(s, r#""/a<b>&c \"q\" \\ \n \u0001 \u2028""#);
+        assert_eq!(
+            String::from_utf8(s).unwrap(),
+            r#""/a<b>&c \"q\" \\ \n \u0001 \u2028""#
+        );
     }
 
     #[test]
