@@ -191,8 +191,15 @@ impl App {
                 }
                 e.to_string()
             })?;
-        candidate.settings.store(settings);
-        let replaced = existing.map(|service| service.active.swap(pool));
+        // A new service already holds both; an existing one swaps them in one store, so a
+        // request never sees the new settings with the old pool.
+        let replaced = existing.map(|service| {
+            let previous = service.update(|state| {
+                state.settings = Arc::clone(&settings);
+                state.active = Arc::clone(&pool);
+            });
+            Arc::clone(&previous.active)
+        });
         registry.insert(name.to_owned(), candidate);
         self.routes.store(table);
         apply_tls_inheritance(registry, &self.routes.load_full());
@@ -298,7 +305,7 @@ impl App {
         let targets = json_list(&req.target_urls);
         tracing::info!(service = %req.service, json.targets = %targets, "Deploying for rollout");
         // The rollout pool uses the service's current target options.
-        let target_options = service.settings.load().target_options.clone();
+        let target_options = service.state().settings.target_options.clone();
         let pool = build_pool(&req.target_urls, &req.reader_urls, &target_options)?;
         pool.start_health_checks();
         if !pool.wait_healthy(req.deploy_timeout.to_std()).await {
@@ -311,7 +318,8 @@ impl App {
             // The service may have been removed or replaced while the pool became healthy.
             let result = match registry.get(&req.service) {
                 Some(current) if Arc::ptr_eq(current, &service) => {
-                    Ok(current.rollout.swap(Some(Arc::clone(&pool))))
+                    let previous = current.update(|state| state.rollout = Some(Arc::clone(&pool)));
+                    Ok(previous.rollout.clone())
                 }
                 _ => Err(SERVICE_NOT_FOUND.to_owned()),
             };
@@ -343,14 +351,13 @@ impl App {
         let registry = self.registry();
         let result = match registry.get(name) {
             None => Err(SERVICE_NOT_FOUND.to_owned()),
-            Some(service) if service.rollout.load().is_none() => {
+            Some(service) if service.state().rollout.is_none() => {
                 Err("rollout target not set".to_owned())
             }
             Some(service) => {
                 let list = json_list(&allowlist);
-                service
-                    .split
-                    .store(Some(Arc::new(RolloutSplit::new(percentage, allowlist))));
+                let split = Arc::new(RolloutSplit::new(percentage, allowlist));
+                service.update(|state| state.split = Some(Arc::clone(&split)));
                 tracing::info!(service = %name, percentage, json.allowlist = %list, "Set rollout split");
                 Ok(())
             }
@@ -365,7 +372,7 @@ impl App {
         let result = match registry.get(name) {
             None => Err(SERVICE_NOT_FOUND.to_owned()),
             Some(service) => {
-                service.split.store(None);
+                service.update(|state| state.split = None);
                 tracing::info!(service = %name, "Stopped rollout");
                 Ok(())
             }
@@ -435,15 +442,20 @@ impl App {
                 Ok(_) => {
                     self.tls.install(&name, prepared);
                     if let Some(s) = registry.get(&name) {
-                        self.record_certificate(&name, &s.settings.load().options);
+                        self.record_certificate(&name, &s.state().settings.options);
                     }
                     if let Some(s) = registry.get(&name) {
-                        if let Some(rollout) = rollout {
+                        if let Some(rollout) = &rollout {
                             rollout.mark_all_healthy();
                             rollout.start_health_checks();
-                            s.rollout.store(Some(rollout));
                         }
-                        s.split.store(service.split.map(Arc::new));
+                        let split = service.split.map(Arc::new);
+                        s.update(|state| {
+                            if let Some(rollout) = &rollout {
+                                state.rollout = Some(Arc::clone(rollout));
+                            }
+                            state.split = split.clone();
+                        });
                         // The same transitions as `pause`/`stop`, so a restored paused
                         // service can be resumed or stopped (upstream crashes, §13.3).
                         s.pause.apply(&service.pause);
@@ -461,8 +473,9 @@ impl App {
         let registry = self.registry();
         let mut out = Vec::new();
         for service in registry.values() {
-            let active = service.active.load_full();
-            let rollout = service.rollout.load_full();
+            let state = service.state();
+            let active = Arc::clone(&state.active);
+            let rollout = state.rollout.clone();
             let pools = std::iter::once(("active", active)).chain(rollout.map(|p| ("rollout", p)));
             for (pool_name, pool) in pools {
                 for t in pool.describe() {
@@ -710,7 +723,8 @@ fn build_table(
         if candidate.is_some_and(|(n, _, _)| n == name) {
             continue;
         }
-        let settings = service.settings.load();
+        let state = service.state();
+        let settings = &state.settings;
         builder.insert(
             name,
             &settings.options.hosts,
@@ -735,7 +749,8 @@ fn apply_tls_inheritance(
     table: &RouteTable<Arc<Service>>,
 ) {
     for service in registry.values() {
-        let settings = service.settings.load();
+        let state = service.state();
+        let settings = &state.settings;
         if settings.options.serves_root_path() {
             continue;
         }
@@ -747,8 +762,9 @@ fn apply_tls_inheritance(
             .unwrap_or("");
         let (tls, redirect) = match table.lookup_host(host, "/") {
             Some(root) => {
-                let root = root.value.settings.load();
-                (root.options.tls_enabled, root.options.tls_redirect)
+                let root = root.value.state();
+                let options = &root.settings.options;
+                (options.tls_enabled, options.tls_redirect)
             }
             None => (false, true),
         };
@@ -756,10 +772,11 @@ fn apply_tls_inheritance(
             let mut options = settings.options.clone();
             options.tls_enabled = tls;
             options.tls_redirect = redirect;
-            service.settings.store(Arc::new(
+            let settings = Arc::new(
                 Settings::new(options, settings.target_options.clone())
                     .with_error_pages(settings.error_pages.clone()),
-            ));
+            );
+            service.update(|state| state.settings = Arc::clone(&settings));
         }
     }
 }
@@ -788,12 +805,13 @@ fn load_error_pages(
 fn pool_tls(app: &App, name: &str) -> bool {
     app.registry()
         .get(name)
-        .is_some_and(|s| s.settings.load().options.tls_enabled)
+        .is_some_and(|s| s.state().settings.options.tls_enabled)
 }
 
 fn describe(service: &Service) -> ServiceDescription {
-    let settings = service.settings.load();
-    let pool = service.active.load();
+    let state = service.state();
+    let settings = &state.settings;
+    let pool = &state.active;
     let (mut targets, mut readers) = (Vec::new(), Vec::new());
     for t in pool.describe() {
         let d = TargetDescription {
@@ -807,7 +825,7 @@ fn describe(service: &Service) -> ServiceDescription {
         }
     }
     let (mut rollout_targets, mut rollout_readers) = (Vec::new(), Vec::new());
-    if let Some(pool) = service.rollout.load().as_ref() {
+    if let Some(pool) = &state.rollout {
         for t in pool.describe() {
             let d = TargetDescription {
                 address: t.address,

@@ -48,7 +48,7 @@ async fn ask(service: &Service, path_and_query: &str, host: &str) -> (u16, Bytes
             Admission::TimedOut => return (504, Bytes::new()),
         }
     }
-    let pool = service.active.load_full();
+    let pool = Arc::clone(&service.state().active);
     let Ok(claim) = pool.claim(true) else {
         return (503, Bytes::new());
     };

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::{ArcSwap, Guard};
 use http::uri::PathAndQuery;
 use http::{HeaderName, Method, Request, Response, StatusCode};
 use kamal_balancer::{affinity, Admission, ForwardContext, PauseController, Pool, RolloutSplit};
@@ -73,19 +73,27 @@ impl Settings {
     }
 }
 
+/// What requests read of a service: settings and pools, swapped whole, so that a request
+/// costs one atomic load and sees its settings and pools from the same deploy.
+#[derive(Debug, Clone)]
+pub struct ServiceState {
+    /// Request-path settings; replaced on re-deploy and by TLS inheritance.
+    pub settings: Arc<Settings>,
+    /// The active target pool; replaced on deploy.
+    pub active: Arc<Pool>,
+    /// The rollout pool (`rollout deploy`), if any.
+    pub rollout: Option<Arc<Pool>>,
+    /// The rollout split (`rollout set`); traffic goes to the rollout pool only with both.
+    pub split: Option<Arc<RolloutSplit>>,
+}
+
 /// A deployed service.
 #[derive(Debug)]
 pub struct Service {
     /// The service name.
     pub name: Arc<str>,
-    /// Request-path settings; swapped whole on re-deploy.
-    pub settings: ArcSwap<Settings>,
-    /// The active target pool; swapped whole on deploy.
-    pub active: ArcSwap<Pool>,
-    /// The rollout pool (`rollout deploy`), if any.
-    pub rollout: ArcSwapOption<Pool>,
-    /// The rollout split (`rollout set`); traffic goes to the rollout pool only with both.
-    pub split: ArcSwapOption<RolloutSplit>,
+    /// Settings and pools; read with [`Service::state`], changed with [`Service::update`].
+    state: ArcSwap<ServiceState>,
     /// Running, paused or stopped (spec §5).
     pub pause: PauseController,
     /// The service's request metrics, when `--metrics-port` is set.
@@ -102,31 +110,50 @@ impl Service {
     ) -> Arc<Self> {
         Arc::new(Service {
             name: Arc::from(name),
-            settings: ArcSwap::new(settings),
-            active: ArcSwap::new(pool),
-            rollout: ArcSwapOption::empty(),
-            split: ArcSwapOption::empty(),
+            state: ArcSwap::from_pointee(ServiceState {
+                settings,
+                active: pool,
+                rollout: None,
+                split: None,
+            }),
             pause: PauseController::new(),
             metrics,
         })
     }
 
+    /// The current settings and pools, one consistent snapshot.
+    pub fn state(&self) -> Guard<Arc<ServiceState>> {
+        self.state.load()
+    }
+
+    /// Replaces the state with a copy of the current one changed by `change`, and returns
+    /// the state it replaced. The control plane makes every change under the registry lock;
+    /// `rcu` still retries on a concurrent change, so no update is ever lost (`change` may
+    /// then run more than once).
+    pub fn update(&self, mut change: impl FnMut(&mut ServiceState)) -> Arc<ServiceState> {
+        self.state.rcu(|current| {
+            let mut next = ServiceState::clone(current);
+            change(&mut next);
+            next
+        })
+    }
+
     /// Drains the active and the rollout pool in parallel (pause and stop, spec §5).
     pub async fn drain(&self, timeout: Duration) {
-        let active = self.active.load_full();
-        let rollout = self.rollout.load_full();
+        let state = self.state.load_full();
         let rollout = async {
-            if let Some(pool) = rollout {
+            if let Some(pool) = &state.rollout {
                 pool.drain(timeout).await;
             }
         };
-        futures_util::join!(active.drain(timeout), rollout);
+        futures_util::join!(state.active.drain(timeout), rollout);
     }
 
     /// Stops the health checks of both pools (the service is removed).
     pub fn dispose(&self) {
-        self.active.load().dispose();
-        if let Some(pool) = self.rollout.load().as_ref() {
+        let state = self.state();
+        state.active.dispose();
+        if let Some(pool) = &state.rollout {
             pool.dispose();
         }
     }
@@ -143,7 +170,9 @@ impl Service {
         conn: ConnInfo,
         log: &mut AccessLog,
     ) -> Response<ResponseBody> {
-        let settings = self.settings.load();
+        // The one snapshot load of the request: settings and pools from the same deploy.
+        let state = self.state();
+        let settings = &*state.settings;
         if let Some(series) = &self.metrics {
             let excluded = !settings.options.exclude_metrics_paths.is_empty() && {
                 let routed = kamal_router::routed_path(
@@ -175,7 +204,7 @@ impl Service {
         // The paused and buffering paths are boxed: inline, their large futures would make
         // this one (which every request moves into place) large too.
         if !self.pause.is_running() {
-            if let Some(resp) = Box::pin(self.held(&req, prefix, &settings)).await {
+            if let Some(resp) = Box::pin(self.held(&req, prefix, settings)).await {
                 return resp;
             }
         }
@@ -201,16 +230,12 @@ impl Service {
             && prefix != "/")
             .then(|| redirect::strip_port(crate::app::request_authority(&req)).to_owned());
 
-        let active = self.active.load();
-        let split = self.split.load();
-        // The rollout pool only matters under a split: no second snapshot load otherwise.
-        let rollout = split.is_some().then(|| self.rollout.load());
-        let pool = match (split.as_deref(), rollout.as_ref().and_then(|r| r.as_ref())) {
+        let pool = match (&state.split, &state.rollout) {
             (Some(split), Some(pool)) if split.uses_rollout_for(req.headers()) => {
                 tracing::debug!(service = %self.name, path = %decoded_path(&req), "Using rollout for request");
                 pool
             }
-            _ => &*active,
+            _ => &state.active,
         };
         let read = is_read_request(&req, settings.options.read_targets_accept_websockets);
         let affinity = affinity::is_active(pool.has_readers(), settings.writer_affinity_timeout);
@@ -222,7 +247,7 @@ impl Service {
             // Paused between the gate and the claim (the targets are draining): wait in the
             // gate like the requests behind this one, then try once more.
             Err(_) if !self.pause.is_running() => {
-                if let Some(resp) = Box::pin(self.held(&req, prefix, &settings)).await {
+                if let Some(resp) = Box::pin(self.held(&req, prefix, settings)).await {
                     return resp;
                 }
                 match pool.claim(to_readers) {
@@ -370,5 +395,68 @@ fn upstream_path_and_query<B>(req: &Request<B>, prefix: &str, strip: bool) -> Op
             };
             PathAndQuery::from_maybe_shared(bytes::Bytes::from(s)).ok()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kamal_balancer::HealthConfig;
+
+    fn settings() -> Arc<Settings> {
+        Arc::new(Settings::new(
+            ServiceOptions::default(),
+            TargetOptions::default(),
+        ))
+    }
+
+    fn pool(target: &str) -> Arc<Pool> {
+        Pool::parse(&[target], &[] as &[&str], HealthConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn update_changes_one_field_and_returns_the_replaced_state() {
+        let (first, active) = (settings(), pool("web-1:3000"));
+        let service = Service::new("app", Arc::clone(&first), Arc::clone(&active), None);
+        // A snapshot taken before an update keeps seeing the whole old state.
+        let before = service.state();
+        let rollout = pool("web-2:3000");
+        let previous = service.update(|state| state.rollout = Some(Arc::clone(&rollout)));
+        assert!(Arc::ptr_eq(&previous, &*before));
+        assert!(before.rollout.is_none());
+
+        let now = service.state();
+        assert!(Arc::ptr_eq(now.rollout.as_ref().unwrap(), &rollout));
+        assert!(Arc::ptr_eq(&now.settings, &first));
+        assert!(Arc::ptr_eq(&now.active, &active));
+        assert!(now.split.is_none());
+    }
+
+    #[test]
+    fn concurrent_updates_of_different_fields_are_not_lost() {
+        const ROUNDS: usize = 300;
+        let service = Service::new("app", settings(), pool("web-1:3000"), None);
+        let last_settings = settings();
+        let last_split = Arc::new(RolloutSplit::new(50, Vec::new()));
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for _ in 0..ROUNDS {
+                    let next = settings();
+                    service.update(|state| state.settings = Arc::clone(&next));
+                }
+                service.update(|state| state.settings = Arc::clone(&last_settings));
+            });
+            scope.spawn(|| {
+                for i in 0..ROUNDS {
+                    let next = Arc::new(RolloutSplit::new((i % 100) as i64, Vec::new()));
+                    service.update(|state| state.split = Some(Arc::clone(&next)));
+                }
+                service.update(|state| state.split = Some(Arc::clone(&last_split)));
+            });
+        });
+        // A plain load-then-store could put back a stale copy of the other thread's field.
+        let state = service.state();
+        assert!(Arc::ptr_eq(&state.settings, &last_settings));
+        assert!(Arc::ptr_eq(state.split.as_ref().unwrap(), &last_split));
     }
 }

@@ -83,9 +83,10 @@ fn addresses(pool: &Pool) -> (Vec<String>, Vec<String>) {
 }
 
 fn to_saved(service: &Service) -> SavedService {
-    let settings = service.settings.load();
-    let (writers, readers) = addresses(&service.active.load());
-    let (rollout_targets, rollout_readers) = match service.rollout.load().as_ref() {
+    let state = service.state();
+    let settings = &state.settings;
+    let (writers, readers) = addresses(&state.active);
+    let (rollout_targets, rollout_readers) = match &state.rollout {
         Some(pool) => {
             let (w, r) = addresses(pool);
             (Some(w), Some(r))
@@ -106,7 +107,7 @@ fn to_saved(service: &Service) -> SavedService {
             stop_message: pause.message,
             fail_after: GoDuration::from_std(pause.max_pause),
         }),
-        rollout_controller: service.split.load().as_ref().map(|split| RolloutState {
+        rollout_controller: state.split.as_ref().map(|split| RolloutState {
             percentage: split.percentage(),
             percentage_split_point: split.split_point(),
             allowlist: split.allowlist().to_vec(),
