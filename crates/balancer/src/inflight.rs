@@ -63,16 +63,17 @@ impl InFlight {
     /// Should two drains of one tracker overlap (a target's own drain prevents it), the later
     /// one's deadline cancels the earlier one's leases as well.
     pub async fn drain(&self, timeout: Duration) -> bool {
-        let through = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
+        // This drain's leases, and any older ones, are those of epochs below `before`.
+        let before = self.epoch.fetch_add(1, Ordering::SeqCst) + 1;
         self.upgraded_cancelled_before
-            .fetch_max(through, Ordering::SeqCst);
-        self.wake_cancelled(through, true);
+            .fetch_max(before, Ordering::SeqCst);
+        self.wake_cancelled(before, true);
         let finished = tokio::time::timeout(timeout, self.wait_idle())
             .await
             .is_ok();
         if !finished {
-            self.cancelled_before.fetch_max(through, Ordering::SeqCst);
-            self.wake_cancelled(through, false);
+            self.cancelled_before.fetch_max(before, Ordering::SeqCst);
+            self.wake_cancelled(before, false);
         }
         finished
     }
