@@ -1,20 +1,16 @@
 //! The bodies around a forwarded request: the client's request body on its way upstream, and
 //! the upstream's response body on its way back, which carries the request's in-flight lease.
 
-use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use futures_util::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
-use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::conns::Conns;
 use crate::direct::DirectBody;
@@ -75,67 +71,6 @@ fn signal(sent: &mut Option<oneshot::Sender<()>>) {
     }
 }
 
-/// Set by the drain cancellation's wake-up, read on every poll without a lock.
-#[derive(Debug, Default)]
-struct DrainSignal {
-    fired: AtomicBool,
-    task: AtomicWaker,
-}
-
-impl Wake for DrainSignal {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.fired.store(true, Ordering::Release);
-        self.task.wake();
-    }
-}
-
-/// Watches a lease's drain deadline. The token's cancellation future is polled once, with a
-/// waker that raises a flag, so every later poll costs an atomic load instead of the token's
-/// shared locks (which every request on the target would contend for).
-pub(crate) struct DrainWatch {
-    // Boxed so that the watch, and the response body holding it, can move after arming.
-    deadline: Pin<Box<WaitForCancellationFutureOwned>>,
-    signal: Arc<DrainSignal>,
-    armed: bool,
-}
-
-impl DrainWatch {
-    pub(crate) fn new(lease: &Lease) -> Self {
-        Self {
-            deadline: Box::pin(lease.deadline_cancelled_owned()),
-            signal: Arc::default(),
-            armed: false,
-        }
-    }
-
-    /// Ready once the drain deadline has cancelled the request.
-    pub(crate) fn poll_cancelled(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        // Register before reading the flag, so a cancellation in between still wakes us.
-        self.signal.task.register(cx.waker());
-        if !self.armed {
-            self.armed = true;
-            let waker = Waker::from(Arc::clone(&self.signal));
-            if self
-                .deadline
-                .as_mut()
-                .poll(&mut Context::from_waker(&waker))
-                .is_ready()
-            {
-                self.signal.fired.store(true, Ordering::Release);
-            }
-        }
-        if self.signal.fired.load(Ordering::Acquire) {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
-        }
-    }
-}
-
 /// The upstream response body, streamed to the client frame by frame as it arrives.
 ///
 /// It holds the request's in-flight [`Lease`] until the body ends, fails or is dropped, so a
@@ -148,7 +83,6 @@ impl DrainWatch {
 pub struct ProxyBody<B> {
     inner: Option<Upstream>,
     lease: Option<Lease>,
-    watch: Option<DrainWatch>,
     conn: Option<Checkin<B>>,
 }
 
@@ -215,30 +149,22 @@ impl<B> ProxyBody<B> {
         Self {
             inner: None,
             lease: None,
-            watch: None,
             conn: None,
         }
     }
 
-    pub(crate) fn streaming(
-        inner: Incoming,
-        lease: Lease,
-        watch: DrainWatch,
-        conn: Option<Checkin<B>>,
-    ) -> Self {
+    pub(crate) fn streaming(inner: Incoming, lease: Lease, conn: Option<Checkin<B>>) -> Self {
         Self {
             inner: Some(Upstream::Hyper(inner)),
             lease: Some(lease),
-            watch: Some(watch),
             conn,
         }
     }
 
-    pub(crate) fn direct(inner: DirectBody, lease: Lease, watch: DrainWatch) -> Self {
+    pub(crate) fn direct(inner: DirectBody, lease: Lease) -> Self {
         Self {
             inner: Some(Upstream::Direct(inner)),
             lease: Some(lease),
-            watch: Some(watch),
             conn: None,
         }
     }
@@ -247,7 +173,6 @@ impl<B> ProxyBody<B> {
     /// to dropping us; a completely read response frees its connection for the next request.
     fn finish(&mut self, complete: bool) {
         self.inner = None;
-        self.watch = None;
         self.lease = None;
         if let Some(conn) = self.conn.take() {
             if complete {
@@ -272,9 +197,9 @@ impl<B> Body for ProxyBody<B> {
         // Cancellation is checked first so that a body that never waits still stops at the
         // drain deadline.
         let cancelled = this
-            .watch
+            .lease
             .as_mut()
-            .is_some_and(|watch| watch.poll_cancelled(cx).is_ready());
+            .is_some_and(|lease| lease.poll_deadline(cx).is_ready());
         let result = if cancelled {
             Some(Err(ForwardError::Cancelled))
         } else {
@@ -309,26 +234,7 @@ impl<B> Body for ProxyBody<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::inflight::InFlight;
     use http_body_util::{BodyExt, Full};
-    use std::time::Duration;
-
-    #[tokio::test]
-    async fn drain_watch_fires_on_deadline_and_not_before() {
-        let tracker = InFlight::new();
-        let lease = tracker.lease();
-        let mut watch = DrainWatch::new(&lease);
-        let pending = std::future::poll_fn(|cx| Poll::Ready(watch.poll_cancelled(cx)));
-        assert!(pending.await.is_pending());
-        assert!(!tracker.drain(Duration::from_millis(1)).await);
-        tokio::time::timeout(
-            Duration::from_secs(5),
-            std::future::poll_fn(|cx| watch.poll_cancelled(cx)),
-        )
-        .await
-        .expect("watch fires after the drain deadline");
-        drop(lease);
-    }
 
     #[tokio::test]
     async fn request_body_reports_when_sent() {

@@ -23,7 +23,7 @@ use pin_project_lite::pin_project;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
-use crate::body::{Checkin, DrainWatch, ProxyBody, RequestBody};
+use crate::body::{Checkin, ProxyBody, RequestBody};
 use crate::conns::{self, ConnSlot, Conns, SendFuture, SendPolicy};
 use crate::direct::{self, DirectBody, DirectSend};
 use crate::forward_error::{BoxError, ForwardError};
@@ -202,7 +202,6 @@ where
         };
         let timer = tokio::time::sleep(ctx.target_timeout);
         let exchange = Some(Exchange {
-            watch: DrainWatch::new(&lease),
             lease,
             sent: sent_rx,
             armed: false,
@@ -267,8 +266,8 @@ pin_project! {
 
 /// What one exchange needs besides the send itself.
 struct Exchange<'a> {
+    /// Also watches the drain deadline, polled first on every poll.
     lease: Lease,
-    watch: DrainWatch,
     /// Fires when the request body has been sent; `None` for a request without a body.
     sent: Option<oneshot::Receiver<()>>,
     /// Whether the timer runs.
@@ -334,7 +333,7 @@ fn poll_exchange<'a, T, R>(
     respond: impl FnOnce(Exchange<'a>, T) -> Result<R, ForwardError>,
 ) -> Poll<Result<R, ForwardError>> {
     let ex = exchange.as_mut().expect("polled after completion");
-    if ex.watch.poll_cancelled(cx).is_ready() {
+    if ex.lease.poll_deadline(cx).is_ready() {
         let ex = exchange.take().expect("checked above");
         return Poll::Ready(Err(failed(
             ForwardError::Cancelled,
@@ -394,8 +393,8 @@ impl Exchange<'_> {
         } else {
             Some(conn)
         };
-        let (lease, watch) = (self.lease, self.watch);
-        Ok(response.map(|incoming| ProxyBody::streaming(incoming, lease, watch, conn)))
+        let lease = self.lease;
+        Ok(response.map(|incoming| ProxyBody::streaming(incoming, lease, conn)))
     }
 }
 
@@ -406,8 +405,8 @@ impl Exchange<'_> {
         mut response: Response<DirectBody>,
     ) -> Result<Response<ProxyBody<B>>, ForwardError> {
         headers::rewrite_response(response.headers_mut());
-        let (lease, watch) = (self.lease, self.watch);
-        Ok(response.map(|body| ProxyBody::direct(body, lease, watch)))
+        let lease = self.lease;
+        Ok(response.map(|body| ProxyBody::direct(body, lease)))
     }
 }
 

@@ -24,7 +24,7 @@ pub(crate) fn tunnel<B>(
     mut response: Response<Incoming>,
     protocol: &HeaderValue,
     client: Option<OnUpgrade>,
-    lease: Lease,
+    mut lease: Lease,
 ) -> Result<Response<ProxyBody<B>>, ForwardError> {
     if !headers::upgrade_accepted(response.headers(), protocol) {
         let received = response
@@ -44,6 +44,9 @@ pub(crate) fn tunnel<B>(
     };
     let upstream = hyper::upgrade::on(&mut response);
     lease.mark_upgraded();
+    // The tunnel task watches the lease through `Lease::cancelled`; the forward's task that
+    // registered for the deadline is done with it.
+    lease.stop_watching();
     let (closed, on_close) = watch::channel(false);
     tokio::spawn(splice(client, upstream, lease, closed));
     let mut response = response.map(|_| ProxyBody::empty());
