@@ -122,10 +122,9 @@ pub fn write_with(render: impl FnOnce(&mut Vec<u8>)) {
     });
 }
 
-/// Queues `buf`'s lines for the writer thread and empties it (keeping its allocation).
+/// Queues `buf`'s lines for the writer thread; `buf` is left empty (another buffer).
 fn hand_over(buf: &mut Vec<u8>) {
     handoff().push(buf);
-    buf.clear();
 }
 
 /// Writes `line` now, after everything queued before it.
@@ -172,16 +171,23 @@ struct Handoff {
     out: Mutex<Box<dyn std::io::Write + Send>>,
 }
 
-/// Two buffers that trade places: workers copy their batches into `lines` (a copy costs less
-/// than allocating a new buffer for each batch), the writer takes it and leaves `spare`.
+/// Batches travel as the buffers they were written into: a worker hands over its full buffer
+/// and takes an empty one from `free`, so lines are not copied on their way to the writer.
 #[derive(Default)]
 struct Queue {
-    lines: Vec<u8>,
-    spare: Vec<u8>,
+    batches: Vec<Vec<u8>>,
+    /// Bytes in `batches`.
+    queued: usize,
+    /// Emptied buffers, for workers to take in exchange for full ones.
+    free: Vec<Vec<u8>>,
     /// Whether a writer thread runs; without one, batches are written by whoever hands them
     /// over.
     threaded: bool,
 }
+
+/// Emptied buffers kept for reuse (up to 1 MiB): the batches of one [`COALESCE`] period at
+/// tens of thousands of requests a second; more are allocated (and later dropped) in a burst.
+const MAX_FREE: usize = 16;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a lock cannot leave a queue of strings inconsistent.
@@ -206,20 +212,26 @@ impl Handoff {
         lock(&self.queue).threaded = spawned.is_ok();
     }
 
-    /// Queues a batch of lines.
-    fn push(&self, batch: &[u8]) {
+    /// Queues a batch of lines, taking `batch`'s buffer and leaving an empty one in its place.
+    fn push(&self, batch: &mut Vec<u8>) {
         let mut queue = lock(&self.queue);
         if !queue.threaded {
             drop(queue);
             self.write_now(batch);
+            batch.clear();
             return;
         }
-        while queue.lines.len() > MAX_QUEUED {
+        while queue.queued > MAX_QUEUED {
             queue = self.room.wait(queue).unwrap_or_else(|e| e.into_inner());
         }
-        let was_empty = queue.lines.is_empty();
-        queue.lines.extend_from_slice(batch);
-        let write_soon = queue.lines.len() >= WRITE_AT;
+        let was_empty = queue.batches.is_empty();
+        queue.queued += batch.len();
+        let empty = queue
+            .free
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(batch.capacity()));
+        queue.batches.push(std::mem::replace(batch, empty));
+        let write_soon = queue.queued >= WRITE_AT;
         drop(queue);
         if was_empty || write_soon {
             self.queued.notify_one();
@@ -229,33 +241,38 @@ impl Handoff {
     /// Writes everything queued, then `extra`, before returning.
     fn write_now(&self, extra: &[u8]) {
         let mut out = lock(&self.out);
-        let mut lines = {
+        let mut batches = {
             let mut queue = lock(&self.queue);
-            let spare = std::mem::take(&mut queue.spare);
-            std::mem::replace(&mut queue.lines, spare)
+            queue.queued = 0;
+            std::mem::take(&mut queue.batches)
         };
         self.room.notify_all();
         // A closed stdout loses lines; logging must never take the process down.
-        let _ = out.write_all(&lines);
-        let _ = out.write_all(extra);
+        let _ = write_all_vectored(&mut **out, &batches, extra);
         let _ = out.flush();
         drop(out);
-        lines.clear();
-        if lines.capacity() > MAX_QUEUED {
-            // A burst passed: do not keep its buffer.
-            lines = Vec::new();
+        let mut queue = lock(&self.queue);
+        for mut buffer in batches.drain(..) {
+            // Buffers that grew past a batch (a long line) are not kept.
+            if queue.free.len() < MAX_FREE && buffer.capacity() <= 2 * FLUSH_AT {
+                buffer.clear();
+                queue.free.push(buffer);
+            }
         }
-        lock(&self.queue).spare = lines;
+        if queue.batches.is_empty() {
+            // The list's own allocation is kept too.
+            queue.batches = batches;
+        }
     }
 
     /// The writer thread: waits for a batch, gathers for [`COALESCE`], writes, repeats.
     fn run(&self) {
         loop {
             let mut queue = lock(&self.queue);
-            while queue.lines.is_empty() {
+            while queue.batches.is_empty() {
                 queue = self.queued.wait(queue).unwrap_or_else(|e| e.into_inner());
             }
-            if queue.lines.len() < WRITE_AT {
+            if queue.queued < WRITE_AT {
                 drop(queue);
                 std::thread::sleep(COALESCE);
             } else {
@@ -264,6 +281,31 @@ impl Handoff {
             self.write_now(b"");
         }
     }
+}
+
+/// Writes `batches` and then `extra` with as few system calls as the writer allows.
+fn write_all_vectored(
+    out: &mut dyn std::io::Write,
+    batches: &[Vec<u8>],
+    extra: &[u8],
+) -> std::io::Result<()> {
+    let mut slices: Vec<std::io::IoSlice<'_>> = batches
+        .iter()
+        .map(|b| b.as_slice())
+        .chain(std::iter::once(extra))
+        .filter(|b| !b.is_empty())
+        .map(std::io::IoSlice::new)
+        .collect();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        match out.write_vectored(slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => std::io::IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// What tracing-subscriber writes one formatted event into; queued as one line when dropped.
@@ -702,20 +744,29 @@ mod tests {
     fn batches_are_written_by_the_writer_thread_in_order() {
         let sink = Sink::default();
         let handoff = started(&sink);
-        handoff.push(b"one\n");
-        handoff.push(b"two\n");
+        let mut batch = b"one\n".to_vec();
+        handoff.push(&mut batch);
+        assert!(batch.is_empty(), "the worker gets an empty buffer back");
+        batch.extend_from_slice(b"two\n");
+        handoff.push(&mut batch);
         sink.wait_for("one\ntwo\n");
-        // The written buffer comes back for the next batches.
-        handoff.push(b"three\n");
+        // Written buffers come back emptied, for workers to take in exchange for full ones.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while lock(&handoff.queue).free.len() < 2 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(lock(&handoff.queue).free.len(), 2);
+        batch.extend_from_slice(b"three\n");
+        handoff.push(&mut batch);
+        assert!(batch.capacity() >= 4, "a reused buffer");
         sink.wait_for("one\ntwo\nthree\n");
-        assert!(lock(&handoff.queue).spare.capacity() > 0);
     }
 
     #[test]
     fn an_event_goes_out_at_once_after_the_lines_queued_before_it() {
         let sink = Sink::default();
         let handoff = started(&sink);
-        handoff.push(b"access\n");
+        handoff.push(&mut b"access\n".to_vec());
         // Well inside the writer's 10 ms wait.
         handoff.write_now(b"event\n");
         assert_eq!(sink.text(), "access\nevent\n");
@@ -733,7 +784,7 @@ mod tests {
             let line = line.clone();
             std::thread::spawn(move || {
                 for _ in 0..20 {
-                    handoff.push(line.as_bytes());
+                    handoff.push(&mut line.as_bytes().to_vec());
                 }
             })
         };
@@ -741,7 +792,7 @@ mod tests {
         // the queue fills to its cap again and the rest must wait.
         std::thread::sleep(Duration::from_millis(300));
         assert!(!pusher.is_finished(), "the pusher waits for room");
-        assert!(lock(&handoff.queue).lines.len() <= MAX_QUEUED + line.len());
+        assert!(lock(&handoff.queue).queued <= MAX_QUEUED + line.len());
         sink.set_closed(false);
         pusher.join().unwrap();
         handoff.write_now(b"");
