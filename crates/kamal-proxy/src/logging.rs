@@ -172,7 +172,8 @@ struct Handoff {
 }
 
 /// Batches travel as the buffers they were written into: a worker hands over its full buffer
-/// and takes an empty one from `free`, so lines are not copied on their way to the writer.
+/// and takes an empty one from `free`, so full batches are not copied on their way to the
+/// writer; small ones are appended to the last queued buffer while it has room.
 #[derive(Default)]
 struct Queue {
     batches: Vec<Vec<u8>>,
@@ -226,11 +227,21 @@ impl Handoff {
         }
         let was_empty = queue.batches.is_empty();
         queue.queued += batch.len();
-        let empty = queue
-            .free
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(batch.capacity()));
-        queue.batches.push(std::mem::replace(batch, empty));
+        match queue.batches.last_mut() {
+            // A small batch (a worker going idle hands over what it has) is copied behind the
+            // last one: a buffer for each would hold far more memory than lines.
+            Some(last) if last.capacity() - last.len() >= batch.len() => {
+                last.extend_from_slice(batch);
+                batch.clear();
+            }
+            _ => {
+                let empty = queue
+                    .free
+                    .pop()
+                    .unwrap_or_else(|| Vec::with_capacity(batch.capacity()));
+                queue.batches.push(std::mem::replace(batch, empty));
+            }
+        }
         let write_soon = queue.queued >= WRITE_AT;
         drop(queue);
         if was_empty || write_soon {
@@ -760,6 +771,39 @@ mod tests {
         handoff.push(&mut batch);
         assert!(batch.capacity() >= 4, "a reused buffer");
         sink.wait_for("one\ntwo\nthree\n");
+    }
+
+    #[test]
+    fn small_batches_share_the_last_buffer_and_full_ones_move() {
+        let sink = Sink::default();
+        // No writer thread: the queue is inspected, then written by hand.
+        let handoff = Handoff::new(Box::new(sink.clone()));
+        lock(&handoff.queue).threaded = true;
+        let mut batch = Vec::with_capacity(64);
+        batch.extend_from_slice(b"full\n");
+        handoff.push(&mut batch);
+        for line in [&b"a\n"[..], b"b\n", b"c\n"] {
+            handoff.push(&mut line.to_vec());
+        }
+        {
+            let queue = lock(&handoff.queue);
+            assert_eq!(queue.batches.len(), 1, "small batches appended");
+            assert_eq!(queue.queued, 11);
+        }
+        batch.extend_from_slice(&[b'x'; 63]);
+        batch.push(b'\n');
+        handoff.push(&mut batch);
+        assert_eq!(
+            lock(&handoff.queue).batches.len(),
+            2,
+            "no room: the buffer moves"
+        );
+        handoff.write_now(b"event\n");
+        assert_eq!(
+            sink.text(),
+            format!("full\na\nb\nc\n{}\nevent\n", "x".repeat(63))
+        );
+        assert_eq!(lock(&handoff.queue).free.len(), 2);
     }
 
     #[test]
