@@ -471,8 +471,9 @@ enum Chunked {
     Data(u64),
     /// After a chunk's data: expecting its CRLF.
     DataEnd,
-    /// After the last chunk: trailer fields until a blank line.
-    Trailers(HeaderMap),
+    /// After the last chunk: trailer fields until a blank line. Boxed when there are any
+    /// (rarely): inline, the map would make every response body larger.
+    Trailers(Option<Box<HeaderMap>>),
 }
 
 /// What the chunked decoder produced from the buffered bytes.
@@ -515,7 +516,7 @@ impl Chunked {
                     }
                     buf.advance(end + 1);
                     *self = if size == 0 {
-                        Chunked::Trailers(HeaderMap::new())
+                        Chunked::Trailers(None)
                     } else {
                         Chunked::Data(size)
                     };
@@ -555,11 +556,9 @@ impl Chunked {
                     let line = line.strip_suffix(b"\n").unwrap_or(&line);
                     let line = line.strip_suffix(b"\r").unwrap_or(line);
                     if line.is_empty() {
-                        let trailers = std::mem::take(trailers);
-                        return Ok(if trailers.is_empty() {
-                            Decoded::End
-                        } else {
-                            Decoded::Trailers(trailers)
+                        return Ok(match trailers.take() {
+                            Some(trailers) if !trailers.is_empty() => Decoded::Trailers(*trailers),
+                            _ => Decoded::End,
                         });
                     }
                     let colon = line
@@ -569,6 +568,7 @@ impl Chunked {
                     let name = HeaderName::from_bytes(&line[..colon]).map_err(malformed)?;
                     let value = HeaderValue::from_bytes(line[colon + 1..].trim_ascii())
                         .map_err(malformed)?;
+                    let trailers = trailers.get_or_insert_with(Box::default);
                     if trailers.len() >= MAX_HEADERS {
                         return Err(malformed("too many trailer fields"));
                     }

@@ -4,11 +4,11 @@
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
-use kamal_proxy::access_log::{AccessLog, ConnInfo};
+use kamal_proxy::access_log::{AccessLog, Arrival, ConnInfo};
 use kamal_proxy::app::stamp_request;
 
 fn request() -> Request<String> {
@@ -28,19 +28,19 @@ fn bench(c: &mut Criterion) {
     c.bench_function("stamp_request", |b| {
         b.iter_batched_ref(
             request,
-            |req| stamp_request(black_box(req)),
+            |req| stamp_request(black_box(req), SystemTime::now()),
             criterion::BatchSize::SmallInput,
         )
     });
 
     let mut req = request();
-    stamp_request(&mut req);
+    stamp_request(&mut req, SystemTime::now());
     let conn = ConnInfo {
         peer: SocketAddr::from(([192, 0, 2, 7], 51234)),
         tls: false,
         port: 80,
     };
-    let mut log = AccessLog::begin(&req, conn, Instant::now());
+    let mut log = AccessLog::begin(&req, conn, Arrival::now());
     log.set_service(&Arc::from("app"));
     log.set_target(&http::HeaderValue::from_static("127.0.0.1:3000"));
     let resp = Response::builder()

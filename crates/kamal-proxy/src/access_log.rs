@@ -6,7 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use http::header::{CONTENT_TYPE, HOST, USER_AGENT};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
@@ -33,11 +33,31 @@ pub struct ConnInfo {
     pub port: u16,
 }
 
+/// When a request arrived, on both clocks: read once, so that the request stamp, the duration
+/// and the log line's time (arrival plus duration) need no further clock reads.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    /// For the duration.
+    pub at: Instant,
+    /// For `X-Request-Start` and the log line's time.
+    pub wall: SystemTime,
+}
+
+impl Arrival {
+    /// Now.
+    pub fn now() -> Self {
+        Arrival {
+            at: Instant::now(),
+            wall: SystemTime::now(),
+        }
+    }
+}
+
 /// What the access log remembers of one request. Header values and the URI are cheap
 /// reference-counted clones of hyper's parse buffers, so capturing them does not copy.
 #[derive(Debug)]
 pub struct AccessLog {
-    start: Instant,
+    start: Arrival,
     conn: ConnInfo,
     method: Method,
     uri: Uri,
@@ -63,7 +83,7 @@ pub struct AccessLog {
 
 impl AccessLog {
     /// Starts the log entry for `req` (after the request id has been assigned).
-    pub fn begin<B: http_body::Body>(req: &Request<B>, conn: ConnInfo, start: Instant) -> Self {
+    pub fn begin<B: http_body::Body>(req: &Request<B>, conn: ConnInfo, start: Arrival) -> Self {
         let req_content_length = match req.body().size_hint().exact() {
             Some(n) => n as i64,
             None => -1,
@@ -194,7 +214,8 @@ impl AccessLog {
 
     /// Appends the log line to `out` (a worker's log buffer: no allocation per request).
     pub fn render_into(&self, out: &mut Vec<u8>, duration: std::time::Duration) {
-        line_start(out, "INFO", "Request");
+        // Written now: arrival plus duration, on the wall clock.
+        line_start(out, self.start.wall + duration, "INFO", "Request");
         // HTTP/2 requests carry the host in the URI authority, not in a Host header.
         let host = match value_str(&self.host) {
             "" => self.uri.authority().map_or("", |a| a.as_str()),
@@ -273,7 +294,7 @@ impl AccessLog {
 
 impl Drop for AccessLog {
     fn drop(&mut self) {
-        let duration = self.start.elapsed();
+        let duration = self.start.at.elapsed();
         write_with(|out| self.render_into(out, duration));
         // Counted after the line is written, as upstream (spec §11.2).
         self.leave_service();
@@ -362,7 +383,7 @@ mod tests {
             tls: false,
             port: 80,
         };
-        let mut log = AccessLog::begin(&req, conn, Instant::now());
+        let mut log = AccessLog::begin(&req, conn, Arrival::now());
         log.set_service(&Arc::from("svc"));
         log.set_target(&HeaderValue::from_static("web:3000"));
         log.capture_request_headers(

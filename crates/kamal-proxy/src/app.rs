@@ -14,7 +14,7 @@ use kamal_control::{
 };
 use kamal_router::{RouteError, RouteTable, SharedRoutes};
 
-use crate::access_log::{AccessLog, ConnInfo};
+use crate::access_log::{AccessLog, Arrival, ConnInfo};
 use crate::body::ResponseBody;
 use crate::error_pages::ErrorPages;
 use crate::logging::json_list;
@@ -584,10 +584,10 @@ impl HttpHandler for App {
         mut req: Request<RequestBody>,
         conn: ConnInfo,
     ) -> impl std::future::Future<Output = Response<ResponseBody>> + Send + 'static {
-        let start = Instant::now();
-        stamp_request(&mut req);
+        let arrival = Arrival::now();
+        stamp_request(&mut req, arrival.wall);
         // Boxed once here, so neither this future nor the response body carries it inline.
-        let log = Box::new(AccessLog::begin(&req, conn, start));
+        let log = Box::new(AccessLog::begin(&req, conn, arrival));
         // One async block, routing included: every level of async function would keep its
         // own copy of the request in the future that each request moves into place.
         async move {
@@ -640,14 +640,18 @@ pub(crate) const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-i
 /// Sets `X-Request-Start` and `X-Request-ID`, unless the client sent non-empty ones (spec
 /// §7.1). Both values are formatted on the stack; each header costs one lookup and one copy
 /// into the map.
-pub fn stamp_request<B>(req: &mut Request<B>) {
+pub fn stamp_request<B>(req: &mut Request<B>, arrived: SystemTime) {
     let headers = req.headers_mut();
-    stamp_unless_set(headers, X_REQUEST_START, request_start);
+    stamp_unless_set(headers, X_REQUEST_START, || request_start(arrived));
     stamp_unless_set(headers, X_REQUEST_ID, new_request_id);
 }
 
 /// Sets `name` to `value()` unless the request carries a non-empty one (one hashed lookup).
-fn stamp_unless_set(headers: &mut http::HeaderMap, name: HeaderName, value: fn() -> HeaderValue) {
+fn stamp_unless_set(
+    headers: &mut http::HeaderMap,
+    name: HeaderName,
+    value: impl FnOnce() -> HeaderValue,
+) {
     use http::header::Entry;
     match headers.entry(name) {
         Entry::Occupied(e) if !e.get().is_empty() => {}
@@ -661,8 +665,8 @@ fn stamp_unless_set(headers: &mut http::HeaderMap, name: HeaderName, value: fn()
 }
 
 /// `t=<unix milliseconds>`.
-fn request_start() -> HeaderValue {
-    let ms = SystemTime::now()
+fn request_start(arrived: SystemTime) -> HeaderValue {
+    let ms = arrived
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis();

@@ -346,9 +346,9 @@ impl Drop for LineWriter {
 }
 
 /// The `time`, `level` and `msg` prefix of a log line, without the closing brace.
-pub fn line_start(out: &mut Vec<u8>, level: &str, msg: &str) {
+pub fn line_start(out: &mut Vec<u8>, time: SystemTime, level: &str, msg: &str) {
     out.extend_from_slice(b"{\"time\":\"");
-    push_time(out, SystemTime::now());
+    push_time(out, time);
     out.extend_from_slice(b"\",\"level\":\"");
     out.extend_from_slice(level.as_bytes());
     out.extend_from_slice(b"\",\"msg\":");
@@ -380,7 +380,7 @@ where
         let mut visitor = FieldVisitor::default();
         event.record(&mut visitor);
         let mut line = Vec::with_capacity(128 + visitor.fields.len());
-        line_start(&mut line, level, &visitor.message);
+        line_start(&mut line, SystemTime::now(), level, &visitor.message);
         line.extend_from_slice(&visitor.fields);
         line.extend_from_slice(b"}\n");
         // Built from `str`s and JSON escapes only: always UTF-8, so this borrows.
