@@ -72,7 +72,9 @@ type Span = [u32; 4];
 /// A target's idle connections for the direct path.
 #[derive(Debug)]
 pub(crate) struct DirectConns {
-    idle: ArrayQueue<DirectConn>,
+    /// Boxed: a connection moves from the queue to the request, its response body and back,
+    /// and a pointer moves cheaper than the socket, buffer and spans.
+    idle: ArrayQueue<Box<DirectConn>>,
 }
 
 impl DirectConns {
@@ -87,7 +89,7 @@ impl DirectConns {
         self.idle.len()
     }
 
-    fn put_back(&self, mut conn: DirectConn) {
+    fn put_back(&self, mut conn: Box<DirectConn>) {
         if conn.buf.capacity() > KEEP_BUFFER {
             conn.buf = BytesMut::new();
         }
@@ -147,12 +149,12 @@ fn is_stale(error: &io::Error) -> bool {
 enum SendState<'a> {
     Dial(Pin<Box<dyn Future<Output = Result<TcpStream, DialError>> + Send + 'a>>),
     Write {
-        conn: DirectConn,
+        conn: Box<DirectConn>,
         written: usize,
         reused: bool,
     },
     Read {
-        conn: DirectConn,
+        conn: Box<DirectConn>,
         reused: bool,
     },
     Done,
@@ -226,11 +228,11 @@ impl Future for DirectSend<'_> {
                         }
                     };
                     this.state = SendState::Write {
-                        conn: DirectConn {
+                        conn: Box::new(DirectConn {
                             stream,
                             buf: BytesMut::new(),
                             spans: Vec::new(),
-                        },
+                        }),
                         written: 0,
                         reused: false,
                     };
@@ -583,14 +585,14 @@ impl Chunked {
 /// target's idle connections once the body has been read to its end.
 #[derive(Debug)]
 pub(crate) struct DirectBody {
-    conn: Option<DirectConn>,
+    conn: Option<Box<DirectConn>>,
     framing: Framing,
     /// Where the connection goes at the end; `None` when it cannot be reused.
     pool: Option<Arc<DirectConns>>,
 }
 
 impl DirectBody {
-    fn new(conn: DirectConn, framing: Framing, pool: Option<Arc<DirectConns>>) -> Self {
+    fn new(conn: Box<DirectConn>, framing: Framing, pool: Option<Arc<DirectConns>>) -> Self {
         let mut body = Self {
             conn: Some(conn),
             framing,
