@@ -22,6 +22,7 @@ use crate::metrics::{DeployOutcome, Metrics, TargetHealth};
 use crate::rescue;
 use crate::serve::{HttpHandler, RequestBody};
 use crate::service::{Service, Settings};
+use crate::state::{PendingWrite, StateWriter};
 
 /// The body of a request as it is sent to a target: the client's, or its buffered copy.
 pub(crate) type UpstreamRequestBody = MaybeBuffered<RequestBody>;
@@ -39,8 +40,8 @@ pub struct App {
     pub(crate) forwarder: Forwarder<UpstreamRequestBody>,
     /// Certificates for the HTTPS listener, per service.
     tls: Arc<crate::tls::Tls>,
-    /// Where the state is persisted.
-    state_path: PathBuf,
+    /// Persists the services to the state file, off the runtime's worker threads.
+    state: StateWriter,
     /// Request and operator metrics, when `--metrics-port` is set.
     metrics: Option<Arc<Metrics>>,
 }
@@ -59,7 +60,7 @@ impl App {
             registry: Mutex::new(BTreeMap::new()),
             forwarder: Forwarder::new(),
             tls: crate::tls::Tls::new(),
-            state_path,
+            state: StateWriter::new(state_path),
         })
     }
 
@@ -125,7 +126,8 @@ impl App {
 
         let settings =
             Settings::new(options, req.target_options.clone()).with_error_pages(error_pages);
-        let replaced = match self.install(&req.service, settings, Arc::clone(&pool)) {
+        let (installed, saving) = self.install(&req.service, settings, Arc::clone(&pool));
+        let replaced = match installed {
             Ok(replaced) => {
                 self.tls.install(&req.service, prepared);
                 self.record_certificate(&req.service, &req.service_options);
@@ -133,9 +135,12 @@ impl App {
             }
             Err(e) => {
                 pool.dispose();
+                saving.wait().await;
                 return Err(e);
             }
         };
+        // On disk before the command answers (the client may read it next).
+        saving.wait().await;
         if let Some(old) = replaced {
             old.dispose();
             old.drain(req.drain_timeout.to_std()).await;
@@ -152,17 +157,17 @@ impl App {
     }
 
     /// The install step: conflict check, swap the pool in, rebuild routing, save state.
-    /// Returns the replaced pool, if any. State is saved whatever the outcome (as upstream).
+    /// Returns the replaced pool, if any, and the state write to wait for. State is saved
+    /// whatever the outcome (as upstream).
     fn install(
         &self,
         name: &str,
         settings: Settings,
         pool: Arc<Pool>,
-    ) -> Result<Option<Arc<Pool>>, String> {
+    ) -> (Result<Option<Arc<Pool>>, String>, PendingWrite) {
         let mut registry = self.registry();
         let result = self.install_locked(&mut registry, name, settings, pool);
-        self.save_locked(&registry);
-        result
+        (result, self.save_locked(&registry))
     }
 
     fn install_locked(
@@ -207,25 +212,28 @@ impl App {
     }
 
     /// Removes a service; its in-flight requests finish on their own.
-    pub fn remove(&self, name: &str) -> Result<(), String> {
-        let mut registry = self.registry();
-        let result = match registry.remove(name) {
-            Some(service) => {
-                // Removing bindings cannot conflict.
-                if let Ok(table) = build_table(&registry, None) {
-                    self.routes.store(table);
+    pub async fn remove(&self, name: &str) -> Result<(), String> {
+        let (result, saving) = {
+            let mut registry = self.registry();
+            let result = match registry.remove(name) {
+                Some(service) => {
+                    // Removing bindings cannot conflict.
+                    if let Ok(table) = build_table(&registry, None) {
+                        self.routes.store(table);
+                    }
+                    apply_tls_inheritance(&registry, &self.routes.load_full());
+                    service.dispose();
+                    self.tls.remove(name);
+                    if let Some(metrics) = &self.metrics {
+                        metrics.set_certificate_expiry(name, Vec::new());
+                    }
+                    Ok(())
                 }
-                apply_tls_inheritance(&registry, &self.routes.load_full());
-                service.dispose();
-                self.tls.remove(name);
-                if let Some(metrics) = &self.metrics {
-                    metrics.set_certificate_expiry(name, Vec::new());
-                }
-                Ok(())
-            }
-            None => Err(SERVICE_NOT_FOUND.to_owned()),
+                None => Err(SERVICE_NOT_FOUND.to_owned()),
+            };
+            (result, self.save_locked(&registry))
         };
-        self.save_locked(&registry);
+        saving.wait().await;
         result
     }
 
@@ -234,9 +242,11 @@ impl App {
         self.registry().get(name).cloned()
     }
 
-    /// Saves the state file now.
-    fn save(&self) {
-        self.save_locked(&self.registry());
+    /// Saves the state file now; returns once it is on disk.
+    async fn save(&self) {
+        // The guard is a temporary: released before the write is awaited.
+        let saving = self.save_locked(&self.registry());
+        saving.wait().await;
     }
 
     /// `pause`: hold new requests, then drain in-flight ones (spec §5.1).
@@ -257,7 +267,7 @@ impl App {
             None => Err(SERVICE_NOT_FOUND.to_owned()),
         };
         // Saved after draining, and even on failure, as upstream does.
-        self.save();
+        self.save().await;
         result
     }
 
@@ -278,12 +288,12 @@ impl App {
             }
             None => Err(SERVICE_NOT_FOUND.to_owned()),
         };
-        self.save();
+        self.save().await;
         result
     }
 
     /// `resume`: back to running; held requests proceed in arrival order (spec §5.3).
-    pub fn resume(&self, name: &str) -> Result<(), String> {
+    pub async fn resume(&self, name: &str) -> Result<(), String> {
         let result = match self.service(name) {
             Some(service) => {
                 service.pause.resume();
@@ -292,7 +302,7 @@ impl App {
             }
             None => Err(SERVICE_NOT_FOUND.to_owned()),
         };
-        self.save();
+        self.save().await;
         result
     }
 
@@ -313,7 +323,7 @@ impl App {
             return Err(unhealthy_message(req.deploy_timeout));
         }
 
-        let replaced = {
+        let (replaced, saving) = {
             let registry = self.registry();
             // The service may have been removed or replaced while the pool became healthy.
             let result = match registry.get(&req.service) {
@@ -323,9 +333,9 @@ impl App {
                 }
                 _ => Err(SERVICE_NOT_FOUND.to_owned()),
             };
-            self.save_locked(&registry);
-            result
+            (result, self.save_locked(&registry))
         };
+        saving.wait().await;
         match replaced {
             Ok(Some(old)) => {
                 old.dispose();
@@ -342,42 +352,48 @@ impl App {
     }
 
     /// `rollout set`: replaces the split; needs a rollout pool (spec §6).
-    pub fn rollout_set(
+    pub async fn rollout_set(
         &self,
         name: &str,
         percentage: i64,
         allowlist: Vec<String>,
     ) -> Result<(), String> {
-        let registry = self.registry();
-        let result = match registry.get(name) {
-            None => Err(SERVICE_NOT_FOUND.to_owned()),
-            Some(service) if service.state().rollout.is_none() => {
-                Err("rollout target not set".to_owned())
-            }
-            Some(service) => {
-                let list = json_list(&allowlist);
-                let split = Arc::new(RolloutSplit::new(percentage, allowlist));
-                service.update(|state| state.split = Some(Arc::clone(&split)));
-                tracing::info!(service = %name, percentage, json.allowlist = %list, "Set rollout split");
-                Ok(())
-            }
+        let (result, saving) = {
+            let registry = self.registry();
+            let result = match registry.get(name) {
+                None => Err(SERVICE_NOT_FOUND.to_owned()),
+                Some(service) if service.state().rollout.is_none() => {
+                    Err("rollout target not set".to_owned())
+                }
+                Some(service) => {
+                    let list = json_list(&allowlist);
+                    let split = Arc::new(RolloutSplit::new(percentage, allowlist));
+                    service.update(|state| state.split = Some(Arc::clone(&split)));
+                    tracing::info!(service = %name, percentage, json.allowlist = %list, "Set rollout split");
+                    Ok(())
+                }
+            };
+            (result, self.save_locked(&registry))
         };
-        self.save_locked(&registry);
+        saving.wait().await;
         result
     }
 
     /// `rollout stop`: all traffic back to the active pool; the rollout pool stays (spec §6).
-    pub fn rollout_stop(&self, name: &str) -> Result<(), String> {
-        let registry = self.registry();
-        let result = match registry.get(name) {
-            None => Err(SERVICE_NOT_FOUND.to_owned()),
-            Some(service) => {
-                service.update(|state| state.split = None);
-                tracing::info!(service = %name, "Stopped rollout");
-                Ok(())
-            }
+    pub async fn rollout_stop(&self, name: &str) -> Result<(), String> {
+        let (result, saving) = {
+            let registry = self.registry();
+            let result = match registry.get(name) {
+                None => Err(SERVICE_NOT_FOUND.to_owned()),
+                Some(service) => {
+                    service.update(|state| state.split = None);
+                    tracing::info!(service = %name, "Stopped rollout");
+                    Ok(())
+                }
+            };
+            (result, self.save_locked(&registry))
         };
-        self.save_locked(&registry);
+        saving.wait().await;
         result
     }
 
@@ -387,13 +403,20 @@ impl App {
         registry.values().map(|s| describe(s)).collect()
     }
 
-    fn save_locked(&self, registry: &BTreeMap<String, Arc<Service>>) {
-        crate::state::save(&self.state_path, registry);
+    /// Snapshots the services (the registry lock orders snapshots) and starts writing them on
+    /// a blocking thread; the caller releases the lock, then waits for the write.
+    fn save_locked(&self, registry: &BTreeMap<String, Arc<Service>>) -> PendingWrite {
+        self.state.save(registry)
+    }
+
+    /// Waits for the state writes in flight (at shutdown, so that none is cut short).
+    pub async fn finish_state_writes(&self) {
+        self.state.finish().await;
     }
 
     /// Restores the saved state, service by service (spec §1.5, §14.5).
     pub fn restore(&self) {
-        let Some(saved) = crate::state::load(&self.state_path) else {
+        let Some(saved) = crate::state::load(self.state.path()) else {
             return;
         };
         let mut registry = self.registry();
@@ -521,7 +544,7 @@ impl App {
     pub async fn command(&self, command: Command) -> Answer {
         let result = match command {
             Command::Deploy(req) => self.deploy(req).await,
-            Command::Remove { service } => self.remove(&service),
+            Command::Remove { service } => self.remove(&service).await,
             Command::Pause {
                 service,
                 drain_timeout,
@@ -532,7 +555,7 @@ impl App {
                 drain_timeout,
                 message,
             } => self.stop(&service, drain_timeout, &message).await,
-            Command::Resume { service } => self.resume(&service),
+            Command::Resume { service } => self.resume(&service).await,
             Command::List => {
                 return Answer::List {
                     services: self.list(),
@@ -543,8 +566,8 @@ impl App {
                 service,
                 percentage,
                 allowlist,
-            } => self.rollout_set(&service, percentage, allowlist),
-            Command::RolloutStop { service } => self.rollout_stop(&service),
+            } => self.rollout_set(&service, percentage, allowlist).await,
+            Command::RolloutStop { service } => self.rollout_stop(&service).await,
         };
         match result {
             Ok(()) => Answer::Ok,

@@ -180,6 +180,9 @@ async fn serve_until_signal(config: RunConfig) -> Result<(), String> {
         tracing::warn!("Closing active connections");
     }
     tasks.shutdown().await;
+    // A command cut short by the signal may have a state write under way: it finishes (on its
+    // blocking thread) before the process exits, so the file is the old or the new one.
+    app.finish_state_writes().await;
     tracing::info!("Server stopped");
     Ok(())
 }

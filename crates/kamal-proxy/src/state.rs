@@ -1,14 +1,17 @@
 //! Converting between running services and the state file (spec §1.5, Appendix A).
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use kamal_balancer::{PauseSnapshot, PauseState, Pool, RolloutSplit};
 use kamal_control::state::{
     self, LoadedState, PauseState as SavedPause, RolloutState, SavedService,
 };
 use kamal_control::{GoDuration, ServiceOptions, TargetOptions};
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
 
 use crate::service::Service;
 
@@ -33,13 +36,141 @@ pub struct Restored {
     pub pause: PauseSnapshot,
 }
 
-/// Writes every service; failures are logged (the running proxy is unaffected).
-pub fn save(path: &Path, registry: &BTreeMap<String, Arc<Service>>) {
-    let services: Vec<SavedService> = registry.values().map(|s| to_saved(s)).collect();
-    match state::save(path, &services) {
-        Ok(()) => tracing::debug!(path = %path.display(), "Saved state"),
-        Err(error) => {
-            tracing::error!(error = %error, path = %path.display(), "Unable to save state")
+/// Writes the state file off the runtime's worker threads, newest snapshot wins.
+///
+/// Serialising, writing and fsyncing can take tens of milliseconds on a cloud volume; on a
+/// single-threaded runtime that would stall all traffic, so the file work runs on a blocking
+/// thread. Snapshots are numbered when they are taken (under the registry lock, so the numbers
+/// follow the order of changes) and a snapshot older than the last one written is skipped:
+/// two commands finishing close together can never leave the older state on disk.
+#[derive(Debug)]
+pub struct StateWriter {
+    shared: Arc<Shared>,
+    /// Writes in flight, so that shutdown can wait for them.
+    writes: TaskTracker,
+}
+
+#[derive(Debug)]
+struct Shared {
+    path: PathBuf,
+    /// The sequence number of the next snapshot.
+    next: AtomicU64,
+    /// The newest snapshot written (or attempted); held for the whole write, which also keeps
+    /// writes from overlapping.
+    written: Mutex<u64>,
+}
+
+/// What became of one snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// This snapshot is on disk.
+    Written,
+    /// A newer snapshot was written first; it includes this one's changes.
+    Superseded,
+    /// The write failed (logged); the previous file is intact.
+    Failed,
+}
+
+impl StateWriter {
+    /// A writer for the state file at `path`.
+    pub fn new(path: PathBuf) -> StateWriter {
+        StateWriter {
+            shared: Arc::new(Shared {
+                path,
+                next: AtomicU64::new(1),
+                written: Mutex::new(0),
+            }),
+            writes: TaskTracker::new(),
+        }
+    }
+
+    /// The state file.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Snapshots every service and starts writing them. Call it with the registry locked:
+    /// the snapshot's number must follow the order of the changes it captures. The write
+    /// continues even if the returned handle is dropped.
+    pub fn save(&self, registry: &BTreeMap<String, Arc<Service>>) -> PendingWrite {
+        let services: Vec<SavedService> = registry.values().map(|s| to_saved(s)).collect();
+        // Relaxed is enough: the registry lock already orders the callers.
+        let seq = self.shared.next.fetch_add(1, Ordering::Relaxed);
+        self.write(seq, services)
+    }
+
+    fn write(&self, seq: u64, services: Vec<SavedService>) -> PendingWrite {
+        let shared = Arc::clone(&self.shared);
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => PendingWrite(Pending::Running(
+                self.writes
+                    .spawn_blocking_on(move || shared.write_in_order(seq, &services), &runtime),
+            )),
+            // Outside a runtime the caller's thread is not serving traffic.
+            Err(_) => PendingWrite(Pending::Done(shared.write_in_order(seq, &services))),
+        }
+    }
+
+    /// Waits for every write started so far (at shutdown, so that none is cut short).
+    pub async fn finish(&self) {
+        self.writes.close();
+        self.writes.wait().await;
+    }
+}
+
+impl Shared {
+    /// Writes snapshot `seq` unless a newer one already was. Blocking.
+    fn write_in_order(&self, seq: u64, services: &[SavedService]) -> WriteOutcome {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if *written >= seq {
+            tracing::debug!(path = %self.path.display(), "State already saved by a later change");
+            return WriteOutcome::Superseded;
+        }
+        // Recorded even if the write fails: an older snapshot must not replace what a failed
+        // newer one meant to write.
+        *written = seq;
+        match state::save(&self.path, services) {
+            Ok(()) => {
+                tracing::debug!(path = %self.path.display(), "Saved state");
+                WriteOutcome::Written
+            }
+            Err(error) => {
+                tracing::error!(error = %error, path = %self.path.display(), "Unable to save state");
+                WriteOutcome::Failed
+            }
+        }
+    }
+}
+
+/// A state write in progress; [`wait`](PendingWrite::wait) for it to be on disk.
+#[derive(Debug)]
+#[must_use = "a command answers only once its state is saved"]
+pub struct PendingWrite(Pending);
+
+#[derive(Debug)]
+enum Pending {
+    Running(JoinHandle<WriteOutcome>),
+    Done(WriteOutcome),
+}
+
+impl PendingWrite {
+    /// Waits until this snapshot, or a newer one, is on disk (or the write failed; a failure
+    /// is logged and leaves the running proxy unaffected).
+    pub async fn wait(self) -> WriteOutcome {
+        match self.0 {
+            Pending::Done(outcome) => outcome,
+            Pending::Running(handle) => handle.await.unwrap_or_else(|error| {
+                tracing::error!(error = %error, "Unable to save state");
+                WriteOutcome::Failed
+            }),
+        }
+    }
+
+    /// Whether the write is over (the snapshot, or a newer one, is on disk, or it failed).
+    pub fn is_finished(&self) -> bool {
+        match &self.0 {
+            Pending::Done(_) => true,
+            Pending::Running(handle) => handle.is_finished(),
         }
     }
 }
@@ -144,5 +275,133 @@ fn from_saved(saved: SavedService) -> Restored {
         rollout,
         split,
         pause,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::time::Duration;
+
+    const DEADLINE: Duration = Duration::from_secs(10);
+
+    fn named(names: &[&str]) -> Vec<SavedService> {
+        names
+            .iter()
+            .map(|name| SavedService {
+                name: (*name).to_owned(),
+                ..SavedService::default()
+            })
+            .collect()
+    }
+
+    fn names_on_disk(path: &Path) -> Vec<String> {
+        match state::load(path).expect("a readable state file") {
+            LoadedState::Loaded { services, skipped } => {
+                assert!(skipped.is_empty(), "{skipped:?}");
+                services.into_iter().map(|s| s.name).collect()
+            }
+            LoadedState::Missing => panic!("no state file"),
+        }
+    }
+
+    #[test]
+    fn an_older_snapshot_is_never_written_after_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = StateWriter::new(dir.path().join("kamal-proxy.state"));
+        let shared = &writer.shared;
+
+        // Snapshot 2 reaches the disk first; snapshot 1, finishing late, must not replace it.
+        assert_eq!(
+            shared.write_in_order(2, &named(&["a", "b"])),
+            WriteOutcome::Written
+        );
+        assert_eq!(
+            shared.write_in_order(1, &named(&["a"])),
+            WriteOutcome::Superseded
+        );
+        assert_eq!(names_on_disk(writer.path()), ["a", "b"]);
+        // The same snapshot twice is written once.
+        assert_eq!(
+            shared.write_in_order(2, &named(&["a", "b"])),
+            WriteOutcome::Superseded
+        );
+        // A newer one still goes through.
+        assert_eq!(shared.write_in_order(3, &named(&[])), WriteOutcome::Written);
+        assert!(names_on_disk(writer.path()).is_empty());
+    }
+
+    #[test]
+    fn a_failed_write_is_reported_and_still_orders_later_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = StateWriter::new(dir.path().join("missing").join("kamal-proxy.state"));
+        assert_eq!(
+            writer.shared.write_in_order(2, &named(&["new"])),
+            WriteOutcome::Failed
+        );
+        // What the failed newer write meant to replace is not overwritten by an older one.
+        assert_eq!(
+            writer.shared.write_in_order(1, &named(&["old"])),
+            WriteOutcome::Superseded
+        );
+        assert!(!dir.path().join("missing").exists());
+    }
+
+    #[test]
+    fn writes_run_off_a_single_threaded_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = StateWriter::new(dir.path().join("kamal-proxy.state"));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        // Holding the writer's lock stands in for a disk that takes long to sync.
+        let slow_disk = writer.shared.written.lock().unwrap();
+        let (first, second, mut finish) = runtime.block_on(async {
+            let first = writer.write(1, named(&["a"]));
+            let second = writer.write(2, named(&["a", "b"]));
+            // The only worker thread is free: a timer fires while both writes are blocked.
+            let timer =
+                tokio::time::timeout(DEADLINE, tokio::time::sleep(Duration::from_millis(1)));
+            assert!(timer.await.is_ok());
+            assert!(!first.is_finished() && !second.is_finished());
+            // Shutdown waits for them.
+            let mut finish = Box::pin(writer.finish());
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(finish.as_mut().poll(&mut cx).is_pending());
+            (first, second, finish)
+        });
+        drop(slow_disk);
+
+        runtime.block_on(async {
+            let outcomes = tokio::time::timeout(DEADLINE, async {
+                (first.wait().await, second.wait().await)
+            })
+            .await
+            .expect("writes finish once the disk answers");
+            // Whichever ran first, snapshot 2 is what the file holds.
+            assert!(
+                matches!(
+                    outcomes,
+                    (WriteOutcome::Written, WriteOutcome::Written)
+                        | (WriteOutcome::Superseded, WriteOutcome::Written)
+                ),
+                "{outcomes:?}"
+            );
+            tokio::time::timeout(DEADLINE, finish.as_mut())
+                .await
+                .expect("finish returns once the writes are done");
+        });
+        assert_eq!(names_on_disk(writer.path()), ["a", "b"]);
+    }
+
+    #[test]
+    fn outside_a_runtime_the_write_is_done_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = StateWriter::new(dir.path().join("kamal-proxy.state"));
+        let pending = writer.write(1, named(&["a"]));
+        assert!(pending.is_finished());
+        assert_eq!(names_on_disk(writer.path()), ["a"]);
     }
 }

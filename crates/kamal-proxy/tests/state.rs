@@ -339,3 +339,80 @@ async fn upstream_rollout_split_and_stop_state_are_restored() {
     assert_eq!(st["pause_controller"]["state"], 2);
     assert_eq!(st["pause_controller"]["stop_message"], "see you <soon>");
 }
+
+/// Names of the services in the state file, in file order.
+fn saved_names(proxy: &Proxy) -> Vec<String> {
+    read_state(proxy)
+        .as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|s| s["name"].as_str().expect("a service name").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_file_is_complete_and_current_when_each_command_returns() {
+    let proxy = start_proxy();
+    let ups: Vec<Upstream> = (0..3).map(|i| Upstream::start(format!("u{i}"))).collect();
+    let deploy_args = |i: usize| {
+        vec![
+            "--target".to_owned(),
+            ups[i].address(),
+            "--host".to_owned(),
+            format!("s{i}.test"),
+        ]
+    };
+    let deploy = |i: usize| {
+        let args = deploy_args(i);
+        let proxy = &proxy;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            proxy.deploy_async(&format!("s{i}"), &args).await;
+        }
+    };
+    let cli = |args: &'static [&'static str]| {
+        let proxy = &proxy;
+        async move {
+            let out = proxy.cli_async(args).await;
+            assert_eq!(out.code(), Some(0), "{args:?}: {}", out.stderr_text());
+        }
+    };
+
+    // Quick successive commands: the file shows each one as soon as it returns.
+    deploy(0).await;
+    assert_eq!(saved_names(&proxy), ["s0"]);
+    cli(&["remove", "s0"]).await;
+    assert!(saved_names(&proxy).is_empty());
+    deploy(0).await;
+    assert_eq!(saved_names(&proxy), ["s0"]);
+    cli(&["pause", "s0"]).await;
+    assert_eq!(read_state(&proxy)[0]["pause_controller"]["state"], 1);
+    cli(&["resume", "s0"]).await;
+    assert_eq!(read_state(&proxy)[0]["pause_controller"]["state"], 0);
+
+    // Concurrent commands on different services: once all have returned, the file holds the
+    // newest state, the same the running proxy reports.
+    tokio::join!(deploy(1), deploy(2), cli(&["remove", "s0"]));
+    assert_eq!(saved_names(&proxy), ["s1", "s2"]);
+    tokio::join!(
+        cli(&["stop", "s1", "--message", "later"]),
+        cli(&["remove", "s2"]),
+        deploy(0)
+    );
+    let state = read_state(&proxy);
+    let names: Vec<&str> = state
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(names, ["s0", "s1"]);
+    assert_eq!(state[1]["pause_controller"]["state"], 2);
+    assert_eq!(state[1]["pause_controller"]["stop_message"], "later");
+    let listed: Vec<String> = list_rows(&proxy)
+        .iter()
+        .skip(1)
+        .map(|row| row[0].clone())
+        .collect();
+    assert_eq!(listed, ["s0", "s1"]);
+}
