@@ -40,6 +40,12 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     UPGRADE,
 ];
 
+/// Whether `name` is one of [`HOP_BY_HOP`]. Their lengths are checked first: this runs for
+/// every header of every request and response, and ordinary names rarely share one.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(name.as_str().len(), 2 | 7 | 10 | 16..=19) && HOP_BY_HOP.contains(name)
+}
+
 /// What the request rewrite needs to know about the client connection and the target.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestInfo<'a> {
@@ -77,7 +83,7 @@ pub fn rewrite_request(
             _ if name == X_FORWARDED_HOST => seen.forwarded_host = true,
             _ if name == X_FORWARDED_PROTO => seen.forwarded_proto = true,
             _ if name == X_KAMAL_TARGET => seen.kamal_target = true,
-            _ if HOP_BY_HOP.contains(name) => seen.hop_by_hop = true,
+            _ if is_hop_by_hop(name) => seen.hop_by_hop = true,
             _ => {}
         }
     }
@@ -175,7 +181,7 @@ fn remove_hop_by_hop(headers: &mut HeaderMap) {
     // Usually none is present: one pass over the few names present is cheaper than removing
     // each of the nine by name (each removal hashes its name). Any name that `Connection`
     // lists only matters when `Connection` itself is present.
-    if headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+    if headers.keys().any(is_hop_by_hop) {
         remove_present_hop_by_hop(headers);
     }
 }
@@ -322,6 +328,26 @@ mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr};
 
     static LABEL: HeaderValue = HeaderValue::from_static("10.0.0.5:3000");
+
+    #[test]
+    fn hop_by_hop_check_by_length_misses_none() {
+        // The length filter must let every listed name through (a name added to the list
+        // with a new length must be added to the filter too).
+        for name in &HOP_BY_HOP {
+            assert!(is_hop_by_hop(name), "{name}");
+            let upper = HeaderName::from_bytes(name.as_str().to_uppercase().as_bytes()).unwrap();
+            assert!(is_hop_by_hop(&upper), "{upper}");
+        }
+        for name in [
+            "content-length",
+            "content-type",
+            "date",
+            "set-cookie",
+            "x-request-id",
+        ] {
+            assert!(!is_hop_by_hop(&HeaderName::from_static(name)), "{name}");
+        }
+    }
 
     fn info(forward_headers: bool, tls: bool) -> RequestInfo<'static> {
         RequestInfo {
