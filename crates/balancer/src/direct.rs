@@ -398,19 +398,27 @@ fn parse_head(
         }));
         let head = buf.split_to(len).freeze();
         let mut map = HeaderMap::with_capacity(spans.len());
+        // Noted while building the map: most responses have neither, and a lookup of each
+        // would hash its name.
+        let (mut transfer_encoding, mut connection) = (false, false);
         for &[name_start, name_end, value_start, value_end] in spans.iter() {
             let name = HeaderName::from_bytes(&head[name_start as usize..name_end as usize])
                 .map_err(malformed)?;
+            if name == TRANSFER_ENCODING {
+                transfer_encoding = true;
+            } else if name == CONNECTION {
+                connection = true;
+            }
             let value = HeaderValue::from_maybe_shared(
                 head.slice(value_start as usize..value_end as usize),
             )
             .map_err(malformed)?;
             map.append(name, value);
         }
-        let framing = framing(&map, status, head_request)?;
+        let framing = framing(&map, status, head_request, transfer_encoding)?;
         let keep_alive = match version {
-            Version::HTTP_11 => !has_token(&map, &CONNECTION, "close"),
-            _ => has_token(&map, &CONNECTION, "keep-alive"),
+            Version::HTTP_11 => !(connection && has_token(&map, &CONNECTION, "close")),
+            _ => connection && has_token(&map, &CONNECTION, "keep-alive"),
         };
         let reusable = keep_alive && !matches!(framing, Framing::Close);
         let mut response = Response::new(());
@@ -425,11 +433,18 @@ fn parse_head(
     }
 }
 
-fn framing(headers: &HeaderMap, status: StatusCode, head_request: bool) -> io::Result<Framing> {
+/// How the body of a response with `headers` is delimited; `transfer_encoding`: whether the
+/// head has a `Transfer-Encoding` header.
+fn framing(
+    headers: &HeaderMap,
+    status: StatusCode,
+    head_request: bool,
+    transfer_encoding: bool,
+) -> io::Result<Framing> {
     if head_request || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok(Framing::Done);
     }
-    if headers.contains_key(TRANSFER_ENCODING) {
+    if transfer_encoding {
         let chunked = headers
             .get_all(TRANSFER_ENCODING)
             .iter()
@@ -756,6 +771,24 @@ mod tests {
         .unwrap();
         assert!(matches!(framing, Framing::Length(5)));
         assert!(!reusable, "the target asked to close");
+
+        // Names are matched whatever their case; HTTP/1.0 keeps the connection on request.
+        let (_, (framing, reusable)) = parse(
+            b"HTTP/1.1 200 OK\r\nTRANSFER-ENCODING: chunked\r\nCONNECTION: Close\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(matches!(framing, Framing::Chunked(_)));
+        assert!(!reusable);
+        let (_, (framing, reusable)) = parse(
+            b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\nConnection: Keep-Alive\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(matches!(framing, Framing::Length(5)));
+        assert!(reusable);
 
         // HEAD, 204 and 304 have no body whatever their headers say.
         let (_, (framing, _)) = parse(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true)

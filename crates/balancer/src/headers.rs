@@ -138,12 +138,24 @@ pub fn rewrite_request(
 /// (keeping `Trailer`, which announces the trailers that are relayed) and adds `Date` if the
 /// upstream sent none.
 pub fn rewrite_response(headers: &mut HeaderMap) {
-    let trailer = headers.remove(TRAILER);
-    remove_hop_by_hop(headers);
-    if let Some(trailer) = trailer {
-        headers.insert(TRAILER, trailer);
+    // One pass over the few names present tells which lookups are needed at all (usually
+    // none: each removal and lookup hashes its name).
+    let (mut hop_by_hop, mut date) = (false, false);
+    for name in headers.keys() {
+        if *name == DATE {
+            date = true;
+        } else if is_hop_by_hop(name) {
+            hop_by_hop = true;
+        }
     }
-    if !headers.contains_key(DATE) {
+    if hop_by_hop {
+        let trailer = headers.remove(TRAILER);
+        remove_present_hop_by_hop(headers);
+        if let Some(trailer) = trailer {
+            headers.insert(TRAILER, trailer);
+        }
+    }
+    if !date {
         headers.insert(DATE, http_date_now());
     }
 }
@@ -176,17 +188,8 @@ struct Seen {
     hop_by_hop: bool,
 }
 
-/// Removes the hop-by-hop headers and every header named in `Connection`.
-fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    // Usually none is present: one pass over the few names present is cheaper than removing
-    // each of the nine by name (each removal hashes its name). Any name that `Connection`
-    // lists only matters when `Connection` itself is present.
-    if headers.keys().any(is_hop_by_hop) {
-        remove_present_hop_by_hop(headers);
-    }
-}
-
-/// [`remove_hop_by_hop`], once a hop-by-hop header is known to be present.
+/// Removes the hop-by-hop headers and every header named in `Connection`, once one of them
+/// is known to be present.
 fn remove_present_hop_by_hop(headers: &mut HeaderMap) {
     // Names are collected first because the map cannot shrink while `Connection` is borrowed.
     // The vector only allocates for names outside the fixed list, which is rare.
