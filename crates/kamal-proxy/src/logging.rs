@@ -173,12 +173,15 @@ struct Handoff {
 
 /// Batches travel as the buffers they were written into: a worker hands over its full buffer
 /// and takes an empty one from `free`, so full batches are not copied on their way to the
-/// writer; small ones are appended to the last queued buffer while it has room.
+/// writer; small ones (a worker going idle hands over what it has) are appended to the last
+/// queued buffer while it has room.
 #[derive(Default)]
 struct Queue {
     batches: Vec<Vec<u8>>,
     /// Bytes in `batches`.
     queued: usize,
+    /// Memory held by `batches` (their capacity), which bounds the queue.
+    held: usize,
     /// Emptied buffers, for workers to take in exchange for full ones.
     free: Vec<Vec<u8>>,
     /// Whether a writer thread runs; without one, batches are written by whoever hands them
@@ -189,6 +192,9 @@ struct Queue {
 /// Emptied buffers kept for reuse (up to 1 MiB): the batches of one [`COALESCE`] period at
 /// tens of thousands of requests a second; more are allocated (and later dropped) in a burst.
 const MAX_FREE: usize = 16;
+
+/// Batches up to this size are appended to the last queued buffer rather than moved.
+const APPEND_MAX: usize = 4 * 1024;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a lock cannot leave a queue of strings inconsistent.
@@ -222,19 +228,22 @@ impl Handoff {
             batch.clear();
             return;
         }
-        while queue.queued > MAX_QUEUED {
+        while queue.held > MAX_QUEUED {
             queue = self.room.wait(queue).unwrap_or_else(|e| e.into_inner());
         }
         let was_empty = queue.batches.is_empty();
         queue.queued += batch.len();
         match queue.batches.last_mut() {
-            // A small batch (a worker going idle hands over what it has) is copied behind the
-            // last one: a buffer for each would hold far more memory than lines.
-            Some(last) if last.capacity() - last.len() >= batch.len() => {
+            // A small batch is copied behind the last one: a buffer for each would hold far
+            // more memory than lines. A large one moves: copying it would cost more.
+            Some(last)
+                if batch.len() <= APPEND_MAX && last.capacity() - last.len() >= batch.len() =>
+            {
                 last.extend_from_slice(batch);
                 batch.clear();
             }
             _ => {
+                queue.held += batch.capacity();
                 let empty = queue
                     .free
                     .pop()
@@ -255,6 +264,7 @@ impl Handoff {
         let mut batches = {
             let mut queue = lock(&self.queue);
             queue.queued = 0;
+            queue.held = 0;
             std::mem::take(&mut queue.batches)
         };
         self.room.notify_all();
@@ -836,7 +846,7 @@ mod tests {
         // the queue fills to its cap again and the rest must wait.
         std::thread::sleep(Duration::from_millis(300));
         assert!(!pusher.is_finished(), "the pusher waits for room");
-        assert!(lock(&handoff.queue).queued <= MAX_QUEUED + line.len());
+        assert!(lock(&handoff.queue).held <= MAX_QUEUED + 2 * line.len());
         sink.set_closed(false);
         pusher.join().unwrap();
         handoff.write_now(b"");
