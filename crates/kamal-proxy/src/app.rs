@@ -213,15 +213,14 @@ impl App {
 
     /// Removes a service; its in-flight requests finish on their own.
     pub async fn remove(&self, name: &str) -> Result<(), String> {
-        let (result, saving) = {
-            let mut registry = self.registry();
-            let result = match registry.remove(name) {
+        self.change_saved(|registry| {
+            match registry.remove(name) {
                 Some(service) => {
                     // Removing bindings cannot conflict.
-                    if let Ok(table) = build_table(&registry, None) {
+                    if let Ok(table) = build_table(registry, None) {
                         self.routes.store(table);
                     }
-                    apply_tls_inheritance(&registry, &self.routes.load_full());
+                    apply_tls_inheritance(registry, &self.routes.load_full());
                     service.dispose();
                     self.tls.remove(name);
                     if let Some(metrics) = &self.metrics {
@@ -230,11 +229,9 @@ impl App {
                     Ok(())
                 }
                 None => Err(SERVICE_NOT_FOUND.to_owned()),
-            };
-            (result, self.save_locked(&registry))
-        };
-        saving.wait().await;
-        result
+            }
+        })
+        .await
     }
 
     /// The service called `name`, if deployed.
@@ -244,9 +241,7 @@ impl App {
 
     /// Saves the state file now; returns once it is on disk.
     async fn save(&self) {
-        // The guard is a temporary: released before the write is awaited.
-        let saving = self.save_locked(&self.registry());
-        saving.wait().await;
+        self.change_saved(|_| ()).await;
     }
 
     /// `pause`: hold new requests, then drain in-flight ones (spec §5.1).
@@ -323,19 +318,19 @@ impl App {
             return Err(unhealthy_message(req.deploy_timeout));
         }
 
-        let (replaced, saving) = {
-            let registry = self.registry();
-            // The service may have been removed or replaced while the pool became healthy.
-            let result = match registry.get(&req.service) {
-                Some(current) if Arc::ptr_eq(current, &service) => {
-                    let previous = current.update(|state| state.rollout = Some(Arc::clone(&pool)));
-                    Ok(previous.rollout.clone())
+        let replaced = self
+            .change_saved(|registry| {
+                // The service may have been removed or replaced while the pool became healthy.
+                match registry.get(&req.service) {
+                    Some(current) if Arc::ptr_eq(current, &service) => {
+                        let previous =
+                            current.update(|state| state.rollout = Some(Arc::clone(&pool)));
+                        Ok(previous.rollout.clone())
+                    }
+                    _ => Err(SERVICE_NOT_FOUND.to_owned()),
                 }
-                _ => Err(SERVICE_NOT_FOUND.to_owned()),
-            };
-            (result, self.save_locked(&registry))
-        };
-        saving.wait().await;
+            })
+            .await;
         match replaced {
             Ok(Some(old)) => {
                 old.dispose();
@@ -358,9 +353,8 @@ impl App {
         percentage: i64,
         allowlist: Vec<String>,
     ) -> Result<(), String> {
-        let (result, saving) = {
-            let registry = self.registry();
-            let result = match registry.get(name) {
+        self.change_saved(|registry| {
+            match registry.get(name) {
                 None => Err(SERVICE_NOT_FOUND.to_owned()),
                 Some(service) if service.state().rollout.is_none() => {
                     Err("rollout target not set".to_owned())
@@ -372,29 +366,22 @@ impl App {
                     tracing::info!(service = %name, percentage, json.allowlist = %list, "Set rollout split");
                     Ok(())
                 }
-            };
-            (result, self.save_locked(&registry))
-        };
-        saving.wait().await;
-        result
+            }
+        })
+        .await
     }
 
     /// `rollout stop`: all traffic back to the active pool; the rollout pool stays (spec §6).
     pub async fn rollout_stop(&self, name: &str) -> Result<(), String> {
-        let (result, saving) = {
-            let registry = self.registry();
-            let result = match registry.get(name) {
-                None => Err(SERVICE_NOT_FOUND.to_owned()),
-                Some(service) => {
-                    service.update(|state| state.split = None);
-                    tracing::info!(service = %name, "Stopped rollout");
-                    Ok(())
-                }
-            };
-            (result, self.save_locked(&registry))
-        };
-        saving.wait().await;
-        result
+        self.change_saved(|registry| match registry.get(name) {
+            None => Err(SERVICE_NOT_FOUND.to_owned()),
+            Some(service) => {
+                service.update(|state| state.split = None);
+                tracing::info!(service = %name, "Stopped rollout");
+                Ok(())
+            }
+        })
+        .await
     }
 
     /// Describes every service for `list`, sorted by name.
@@ -407,6 +394,21 @@ impl App {
     /// a blocking thread; the caller releases the lock, then waits for the write.
     fn save_locked(&self, registry: &BTreeMap<String, Arc<Service>>) -> PendingWrite {
         self.state.save(registry)
+    }
+
+    /// Runs `change` under the registry lock, snapshots the services before the lock is
+    /// released, and returns `change`'s result once that snapshot (or a newer one) is on disk.
+    async fn change_saved<R>(
+        &self,
+        change: impl FnOnce(&mut BTreeMap<String, Arc<Service>>) -> R,
+    ) -> R {
+        let (result, saving) = {
+            let mut registry = self.registry();
+            let result = change(&mut registry);
+            (result, self.save_locked(&registry))
+        };
+        saving.wait().await;
+        result
     }
 
     /// Waits for the state writes in flight (at shutdown, so that none is cut short).
