@@ -13,6 +13,10 @@
 //! until the target closes. A connection is reused only when its response was read to its
 //! end, nothing followed it, and neither side asked to close.
 //!
+//! The target timeout runs on a timer kept with each connection and moved forward for each
+//! request (one atomic update while it has not fired), not on a timer registered with the
+//! runtime and removed again for every request.
+//!
 //! Idle connections are not watched (no task, no system call per request). A connection the
 //! target closed while idle shows when it is next used, before any byte of an answer, and the
 //! request (idempotent) is sent again on a new one; so is a `408` found there, which some
@@ -32,6 +36,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Ver
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 use tokio_util::io::poll_read_buf;
 
 use crate::conns::{dial, DialError, MAX_IDLE_PER_TARGET};
@@ -64,6 +69,12 @@ pub(crate) struct DirectConn {
     buf: BytesMut,
     /// Where each header of the last response head was: kept to reuse its allocation.
     spans: Vec<Span>,
+    /// The target timeout of the request on this connection. Kept between requests: moving a
+    /// registered timer's deadline later is one atomic update, while a new timer is inserted
+    /// into and removed from the runtime's timer wheel under its lock. Once it has fired
+    /// (the connection sat idle longer than the timeout), it wakes the task that last polled it
+    /// once, harmlessly.
+    timer: Pin<Box<Sleep>>,
 }
 
 /// Offsets in a head of one header's name (start, end) and value (start, end).
@@ -122,6 +133,14 @@ pub(crate) fn encode_head(method: &Method, target: &str, headers: &HeaderMap) ->
     head
 }
 
+/// Dialing a new connection, with the timer it will keep.
+fn dial_state(authority: &Authority, deadline: Instant) -> SendState<'_> {
+    SendState::Dial {
+        dialing: Box::pin(dial(authority)),
+        timer: Box::pin(tokio::time::sleep_until(deadline)),
+    }
+}
+
 /// A response the target did not frame as HTTP/1.1 allows.
 fn malformed(what: impl Into<BoxError>) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what)
@@ -147,7 +166,11 @@ fn is_stale(error: &io::Error) -> bool {
 }
 
 enum SendState<'a> {
-    Dial(Pin<Box<dyn Future<Output = Result<TcpStream, DialError>> + Send + 'a>>),
+    Dial {
+        dialing: Pin<Box<dyn Future<Output = Result<TcpStream, DialError>> + Send + 'a>>,
+        /// Becomes the new connection's timer.
+        timer: Pin<Box<Sleep>>,
+    },
     Write {
         conn: Box<DirectConn>,
         written: usize,
@@ -167,6 +190,8 @@ pub(crate) struct DirectSend<'a> {
     head: Vec<u8>,
     head_request: bool,
     retry_reused: bool,
+    /// When the target timeout ends.
+    deadline: Instant,
     state: SendState<'a>,
 }
 
@@ -174,12 +199,14 @@ impl<'a> DirectSend<'a> {
     /// Sends `head` on an idle connection from `pool`, or a new one. `GET` and `HEAD` are
     /// idempotent: when a reused connection turns out to have been closed by the target
     /// before any of the response arrived, the request is sent again on a new connection.
+    /// [`DirectSend::poll_deadline`] tells when `deadline` has passed.
     pub(crate) fn new(
         pool: Arc<DirectConns>,
         authority: &'a Authority,
         head: Vec<u8>,
         head_request: bool,
         retry_reused: bool,
+        deadline: Instant,
     ) -> Self {
         let state = match pool.idle.pop() {
             Some(conn) => SendState::Write {
@@ -187,7 +214,7 @@ impl<'a> DirectSend<'a> {
                 written: 0,
                 reused: true,
             },
-            None => SendState::Dial(Box::pin(dial(authority))),
+            None => dial_state(authority, deadline),
         };
         Self {
             pool,
@@ -195,15 +222,31 @@ impl<'a> DirectSend<'a> {
             head,
             head_request,
             retry_reused,
+            deadline,
             state,
         }
+    }
+
+    /// Ready once the deadline given to [`DirectSend::new`] has passed, while the request
+    /// waits for its connection or its response head.
+    pub(crate) fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let timer = match &mut self.state {
+            SendState::Dial { timer, .. } => timer,
+            SendState::Write { conn, .. } | SendState::Read { conn, .. } => &mut conn.timer,
+            SendState::Done => return Poll::Pending,
+        };
+        if timer.deadline() != self.deadline {
+            // Later than before (time moved on): tokio only updates the registered entry.
+            timer.as_mut().reset(self.deadline);
+        }
+        timer.as_mut().poll(cx)
     }
 
     /// Gives up on a reused connection that the target had closed: dials a new one, or fails.
     fn stale(&mut self, reused: bool, error: io::Error) -> Result<(), BoxError> {
         if reused && self.retry_reused && is_stale(&error) {
             tracing::debug!("reused connection was closed; sending again");
-            self.state = SendState::Dial(Box::pin(dial(self.authority)));
+            self.state = dial_state(self.authority, self.deadline);
             Ok(())
         } else {
             self.state = SendState::Done;
@@ -219,7 +262,7 @@ impl Future for DirectSend<'_> {
         let this = self.get_mut();
         loop {
             match &mut this.state {
-                SendState::Dial(dialing) => {
+                SendState::Dial { dialing, .. } => {
                     let stream = match ready!(dialing.as_mut().poll(cx)) {
                         Ok(stream) => stream,
                         Err(error) => {
@@ -227,11 +270,17 @@ impl Future for DirectSend<'_> {
                             return Poll::Ready(Err(error.into()));
                         }
                     };
+                    let SendState::Dial { timer, .. } =
+                        std::mem::replace(&mut this.state, SendState::Done)
+                    else {
+                        unreachable!("matched above");
+                    };
                     this.state = SendState::Write {
                         conn: Box::new(DirectConn {
                             stream,
                             buf: BytesMut::new(),
                             spans: Vec::new(),
+                            timer,
                         }),
                         written: 0,
                         reused: false,

@@ -200,7 +200,6 @@ where
         } else {
             (None, None)
         };
-        let timer = tokio::time::sleep(ctx.target_timeout);
         let exchange = Some(Exchange {
             lease,
             sent: sent_rx,
@@ -221,18 +220,16 @@ where
                 head,
                 parts.method == http::Method::HEAD,
                 self.policy.retry_reused,
+                // Without a body the request is sent at once.
+                Instant::now() + ctx.target_timeout,
             );
-            return Forwarding::Direct {
-                send,
-                timer,
-                exchange,
-            };
+            return Forwarding::Direct { send, exchange };
         }
         let request = Request::from_parts(parts, RequestBody::new(body, sent_tx));
         let conns = upstream.conns.get::<RequestBody<B>>();
         Forwarding::Running {
             send: conns::send(conns, &upstream.authority, request, self.policy),
-            timer,
+            timer: tokio::time::sleep(ctx.target_timeout),
             exchange,
         }
     }
@@ -255,10 +252,9 @@ pin_project! {
             timer: Sleep,
             exchange: Option<Exchange<'a>>,
         },
+        // The target timeout runs on the connection's own timer (see `direct`).
         Direct {
             send: DirectSend<'a>,
-            #[pin]
-            timer: Sleep,
             exchange: Option<Exchange<'a>>,
         },
     }
@@ -300,36 +296,45 @@ where
                 exchange,
             } => poll_exchange(
                 cx,
-                timer,
                 exchange,
-                |cx| send.poll(cx),
+                &mut (send, timer),
+                |(send, _), cx| send.as_mut().poll(cx),
+                |(_, timer), ex, cx| {
+                    if !ex.armed {
+                        if let Some(sent) = &mut ex.sent {
+                            // A dropped sender means the body failed; the send fails with it.
+                            ready!(Pin::new(sent).poll(cx)).ok();
+                            ex.sent = None;
+                            timer.as_mut().reset(Instant::now() + ex.timeout);
+                        }
+                        ex.armed = true;
+                    }
+                    timer.as_mut().poll(cx)
+                },
                 |ex, sent| {
                     let (response, sender, conns) = sent;
                     ex.respond(response, sender, conns)
                 },
             ),
-            ForwardingProj::Direct {
-                send,
-                timer,
-                exchange,
-            } => poll_exchange(
+            ForwardingProj::Direct { send, exchange } => poll_exchange(
                 cx,
-                timer,
                 exchange,
-                |cx| Pin::new(send).poll(cx),
+                send,
+                |send, cx| Pin::new(send).poll(cx),
+                |send, _, cx| send.poll_deadline(cx),
                 |ex, response| ex.respond_direct(response),
             ),
         }
     }
 }
 
-/// Polls one exchange: the drain deadline first, then the answer, then the target timeout
-/// (armed once the request body has been sent).
-fn poll_exchange<'a, T, R>(
+/// Polls one exchange: the drain deadline first, then the answer, then the target timeout.
+fn poll_exchange<'a, S, T, R>(
     cx: &mut Context<'_>,
-    mut timer: Pin<&mut Sleep>,
     exchange: &mut Option<Exchange<'a>>,
-    send: impl FnOnce(&mut Context<'_>) -> Poll<Result<T, BoxError>>,
+    sending: &mut S,
+    send: impl FnOnce(&mut S, &mut Context<'_>) -> Poll<Result<T, BoxError>>,
+    timeout: impl FnOnce(&mut S, &mut Exchange<'a>, &mut Context<'_>) -> Poll<()>,
     respond: impl FnOnce(Exchange<'a>, T) -> Result<R, ForwardError>,
 ) -> Poll<Result<R, ForwardError>> {
     let ex = exchange.as_mut().expect("polled after completion");
@@ -341,7 +346,7 @@ fn poll_exchange<'a, T, R>(
             ex.upstream,
         )));
     }
-    if let Poll::Ready(result) = send(cx) {
+    if let Poll::Ready(result) = send(sending, cx) {
         let ex = exchange.take().expect("checked above");
         return Poll::Ready(match result {
             Ok(sent) => respond(ex, sent),
@@ -352,16 +357,7 @@ fn poll_exchange<'a, T, R>(
             )),
         });
     }
-    if !ex.armed {
-        if let Some(sent) = &mut ex.sent {
-            // A dropped sender means the body failed; the send fails with it.
-            ready!(Pin::new(sent).poll(cx)).ok();
-            ex.sent = None;
-            timer.as_mut().reset(Instant::now() + ex.timeout);
-        }
-        ex.armed = true;
-    }
-    ready!(timer.poll(cx));
+    ready!(timeout(sending, ex, cx));
     let ex = exchange.take().expect("checked above");
     let error = ForwardError::ResponseTimeout {
         timeout: ex.timeout,

@@ -892,6 +892,131 @@ async fn sequential_requests_reuse_one_connection() {
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
+/// A keep-alive upstream answering `/slow` after a second and everything else at once,
+/// counting the connections it accepts.
+async fn slow_path_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| async move {
+                    if req.uri().path() == "/slow" {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+fn with_timeout(timeout: Duration) -> ForwardContext {
+    ForwardContext {
+        target_timeout: timeout,
+        ..ctx()
+    }
+}
+
+async fn forward_text(
+    forwarder: &Forwarder<Full<Bytes>>,
+    target: &ForwardTarget,
+    path: &str,
+    c: &ForwardContext,
+) -> Result<String, ForwardError> {
+    let response = within(forwarder.forward(get(path), target, InFlight::new().lease(), c)).await?;
+    within(body_text(response)).await
+}
+
+// The direct path keeps the target-timeout timer with the connection and moves its deadline
+// for each request: a later request must get its own, later deadline…
+#[tokio::test]
+async fn each_request_on_a_reused_connection_gets_its_own_target_timeout() {
+    let (addr, accepted) = slow_path_upstream().await;
+    let forwarder = Forwarder::new();
+    let target = target(addr);
+    let c = with_timeout(Duration::from_millis(100));
+    // Together these take longer than one timeout: a deadline left from the first request
+    // would fail a later one.
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(300) {
+        assert_eq!(
+            forward_text(&forwarder, &target, "/", &c).await.unwrap(),
+            "ok"
+        );
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let started = Instant::now();
+    let error = forward_text(&forwarder, &target, "/slow", &c)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ForwardError::ResponseTimeout { .. }),
+        "{error:?}"
+    );
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(100), "{waited:?}");
+    assert!(waited < Duration::from_millis(900), "{waited:?}");
+}
+
+// …an earlier one than the connection's last request (a redeploy shortened the timeout)…
+#[tokio::test]
+async fn a_shorter_target_timeout_applies_on_a_reused_connection() {
+    let (addr, accepted) = slow_path_upstream().await;
+    let forwarder = Forwarder::new();
+    let target = target(addr);
+    let long = with_timeout(Duration::from_secs(30));
+    assert_eq!(
+        forward_text(&forwarder, &target, "/", &long).await.unwrap(),
+        "ok"
+    );
+    let started = Instant::now();
+    let short = with_timeout(Duration::from_millis(100));
+    let error = forward_text(&forwarder, &target, "/slow", &short)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ForwardError::ResponseTimeout { .. }),
+        "{error:?}"
+    );
+    assert!(started.elapsed() < Duration::from_millis(900));
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
+// …and one after the timer fired while the connection sat idle.
+#[tokio::test]
+async fn the_target_timeout_works_after_firing_on_an_idle_connection() {
+    let (addr, accepted) = slow_path_upstream().await;
+    let forwarder = Forwarder::new();
+    let target = target(addr);
+    let c = with_timeout(Duration::from_millis(50));
+    assert_eq!(
+        forward_text(&forwarder, &target, "/", &c).await.unwrap(),
+        "ok"
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        forward_text(&forwarder, &target, "/", &c).await.unwrap(),
+        "ok"
+    );
+    let error = forward_text(&forwarder, &target, "/slow", &c)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ForwardError::ResponseTimeout { .. }),
+        "{error:?}"
+    );
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn concurrent_requests_open_connections_that_are_then_reused() {
     let (addr, accepted) = counting_upstream(13).await;

@@ -112,6 +112,9 @@ pub async fn serve<C, Fut, B, F, FFut>(
     // registration lasts the connection's life and later waits only read the flag.
     let mut watching = false;
     let mut idle_timer = pin!(tokio::time::sleep(idle));
+    // Whether `idle_timer` holds this task's waker: like `stopped`, it is polled once and then
+    // checked with a load (a poll re-registers the waker, twice per request).
+    let mut timing = false;
     // Requests answered, and how many had been when the idle timer was last armed: unchanged
     // when it fires means the connection sat idle the whole time.
     let (mut served, mut served_when_armed) = (0u64, 0u64);
@@ -136,7 +139,13 @@ pub async fn serve<C, Fut, B, F, FFut>(
                     }
                     watching = true;
                 }
-                if idle_timer.as_mut().poll(cx).is_ready() {
+                let fired = if timing {
+                    idle_timer.is_elapsed()
+                } else {
+                    timing = true;
+                    idle_timer.as_mut().poll(cx).is_ready()
+                };
+                if fired {
                     if served == served_when_armed {
                         return Poll::Ready(Ok(0));
                     }
