@@ -21,7 +21,7 @@ use crate::logging::json_list;
 use crate::metrics::{DeployOutcome, Metrics, TargetHealth};
 use crate::rescue;
 use crate::serve::{HttpHandler, RequestBody};
-use crate::service::{Service, Settings};
+use crate::service::{Begin, Forward, Service, Settings};
 use crate::state::{PendingWrite, StateWriter};
 
 /// The body of a request as it is sent to a target: the client's, or its buffered copy.
@@ -628,9 +628,58 @@ impl HttpHandler for App {
                     match routes.lookup(request_authority(&req), req.uri().path()) {
                         Some(route) => {
                             let service = Arc::clone(route.value);
-                            service
-                                .serve(&self, req, route.prefix, conn, &mut log)
-                                .await
+                            match service.begin(req, route.prefix, conn, &mut log) {
+                                Begin::Answer(resp) => resp,
+                                Begin::Forward(forward) => {
+                                    // No snapshot is held while the target answers: guards
+                                    // kept across waits use up arc-swap's fast slots.
+                                    drop(routes);
+                                    let Forward {
+                                        target,
+                                        lease,
+                                        req,
+                                        ctx,
+                                        after,
+                                    } = forward;
+                                    let forwarding = {
+                                        let ctx = ctx;
+                                        self.forwarder.forward(
+                                            req,
+                                            target.forward_target(),
+                                            lease,
+                                            &ctx,
+                                        )
+                                    };
+                                    let forwarded = forwarding.await;
+                                    after.finish(
+                                        forwarded.map(|r| r.map(MaybeBuffered::streaming)),
+                                        &mut log,
+                                    )
+                                }
+                                // Boxed: only this pointer is kept in every request's future.
+                                Begin::General(req) => {
+                                    Box::pin(service.serve(
+                                        &self,
+                                        req,
+                                        route.prefix,
+                                        conn,
+                                        &mut log,
+                                    ))
+                                    .await
+                                }
+                                Begin::Paused(req) => {
+                                    let state = service.state();
+                                    Box::pin(service.proceed(
+                                        &self,
+                                        req,
+                                        route.prefix,
+                                        conn,
+                                        &mut log,
+                                        state,
+                                    ))
+                                    .await
+                                }
+                            }
                         }
                         None => {
                             self.count_unmatched(&mut log);

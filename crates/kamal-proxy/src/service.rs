@@ -6,11 +6,15 @@ use std::time::{Duration, SystemTime};
 use arc_swap::{ArcSwap, Guard};
 use http::uri::PathAndQuery;
 use http::{HeaderName, Method, Request, Response, StatusCode};
-use kamal_balancer::{affinity, Admission, ForwardContext, PauseController, Pool, RolloutSplit};
+use kamal_balancer::{
+    affinity, Admission, ForwardContext, ForwardError, Lease, PauseController, Pool, RolloutSplit,
+    Target,
+};
 use kamal_control::{ServiceOptions, TargetOptions};
 
 use crate::access_log::{AccessLog, ConnInfo, LogHeader};
 use crate::app::App;
+use crate::app::UpstreamBody;
 use crate::body::ResponseBody;
 use crate::buffering::{self, Buffering};
 use crate::error_pages::ErrorPages;
@@ -158,10 +162,43 @@ impl Service {
         }
     }
 
+    /// Starts serving a request routed to this service at `prefix` without waiting for
+    /// anything: the common case (running, no buffering) comes back as a [`Forward`] whose
+    /// future the caller awaits; everything else as [`Begin::General`] for
+    /// [`Service::serve`], or already answered.
+    ///
+    /// Split from the async path so that the future every request boxes holds only the
+    /// forwarding and what the response needs, not this preparation's locals.
+    pub fn begin(
+        &self,
+        mut req: Request<RequestBody>,
+        prefix: &str,
+        conn: ConnInfo,
+        log: &mut AccessLog,
+    ) -> Begin {
+        // The one snapshot load of the request: settings and pools from the same deploy.
+        let state = self.state();
+        let settings = &*state.settings;
+        if !self.pause.is_running()
+            || settings.buffering.requests.is_some()
+            || settings.buffering.responses.is_some()
+        {
+            return Begin::General(req);
+        }
+        if let Some(resp) = self.admit(&mut req, prefix, conn, log, settings) {
+            return Begin::Answer(resp);
+        }
+        match self.dispatch(req.map(MaybeBuffered::streaming), prefix, conn, log, state) {
+            Dispatch::Forward(forward) => Begin::Forward(forward),
+            Dispatch::Answer(resp) => Begin::Answer(resp),
+            Dispatch::Paused(req) => Begin::Paused(req),
+        }
+    }
+
     /// Serves one request routed to this service at `prefix`, in the order of spec §7.1
     /// steps 8 and 11: client IP, TLS mismatch, redirects, health-check bypass and pause gate,
     /// pool and target choice, forwarding, then response rewrites (cookie scope, writer
-    /// affinity).
+    /// affinity). The general path, for what [`Service::begin`] leaves to it.
     pub async fn serve(
         &self,
         app: &App,
@@ -170,9 +207,102 @@ impl Service {
         conn: ConnInfo,
         log: &mut AccessLog,
     ) -> Response<ResponseBody> {
-        // The one snapshot load of the request: settings and pools from the same deploy.
         let state = self.state();
         let settings = &*state.settings;
+        if let Some(resp) = self.admit(&mut req, prefix, conn, log, settings) {
+            return resp;
+        }
+        // The paused and buffering paths are boxed: inline, their large futures would make
+        // this one large too.
+        if !self.pause.is_running() {
+            if let Some(resp) = Box::pin(self.held(&req, prefix, settings)).await {
+                return resp;
+            }
+        }
+        // The whole body is read before a target is chosen, so a slow client never holds one.
+        let req = match &settings.buffering.requests {
+            Some(limits) => match Box::pin(buffering::buffer_request(req, limits)).await {
+                Ok(req) => req,
+                Err(status) => return settings.page(status, None),
+            },
+            None => req.map(MaybeBuffered::streaming),
+        };
+        self.proceed(app, req, prefix, conn, log, state).await
+    }
+
+    /// From the choice of a target on: forwards and rewrites the response. Also where a
+    /// request continues that found the service paused between the gate and the claim
+    /// ([`Begin::Paused`]).
+    pub async fn proceed(
+        &self,
+        app: &App,
+        req: Request<MaybeBuffered<RequestBody>>,
+        prefix: &str,
+        conn: ConnInfo,
+        log: &mut AccessLog,
+        state: Guard<Arc<ServiceState>>,
+    ) -> Response<ResponseBody> {
+        // Only response buffering needs the path after the request has been sent (a
+        // reference-count bump).
+        let uri = state
+            .settings
+            .buffering
+            .responses
+            .is_some()
+            .then(|| req.uri().clone());
+        let settings = Arc::clone(&state.settings);
+        let forward = match self.dispatch(req, prefix, conn, log, state) {
+            Dispatch::Forward(forward) => forward,
+            Dispatch::Answer(resp) => return resp,
+            // Paused between the gate and the claim (the targets are draining): wait in the
+            // gate like the requests behind this one, then try once more.
+            Dispatch::Paused(req) => {
+                if let Some(resp) = Box::pin(self.held(&req, prefix, &settings)).await {
+                    return resp;
+                }
+                match self.dispatch(req, prefix, conn, log, self.state()) {
+                    Dispatch::Forward(forward) => forward,
+                    Dispatch::Answer(resp) => return resp,
+                    Dispatch::Paused(_) => {
+                        return settings.page(StatusCode::SERVICE_UNAVAILABLE, None)
+                    }
+                }
+            }
+        };
+        let Forward {
+            target,
+            lease,
+            req,
+            ctx,
+            after,
+        } = forward;
+        let forwarded = app
+            .forwarder
+            .forward(req, target.forward_target(), lease, &ctx)
+            .await;
+        let resp = match (forwarded, &after.state.settings.buffering.responses) {
+            (Ok(resp), Some(limits)) => {
+                let path = uri.as_ref().map_or("/", |u| u.path());
+                match Box::pin(buffering::buffer_response(resp, limits, path)).await {
+                    Ok(resp) => Ok(resp),
+                    Err(status) => return after.state.settings.page(status, None),
+                }
+            }
+            (forwarded, _) => forwarded.map(|resp| resp.map(MaybeBuffered::streaming)),
+        };
+        after.finish(resp, log)
+    }
+
+    /// Spec §7.1 step 8 up to the pause gate: metrics and log scope, client IP, TLS
+    /// mismatch, redirects. `Some` is the answer when one of them ends the request.
+    fn admit(
+        &self,
+        req: &mut Request<RequestBody>,
+        prefix: &str,
+        conn: ConnInfo,
+        log: &mut AccessLog,
+        settings: &Settings,
+    ) -> Option<Response<ResponseBody>> {
         if let Some(series) = &self.metrics {
             let excluded = !settings.options.exclude_metrics_paths.is_empty() && {
                 let routed = kamal_router::routed_path(
@@ -191,45 +321,26 @@ impl Service {
         log.set_service(&self.name);
 
         if let Some(header) = &settings.client_ip_header {
-            apply_client_ip(&mut req, header, log);
+            apply_client_ip(req, header, log);
         }
         // A service without TLS reached over TLS answers 503 (spec §7.9).
         if conn.tls && !settings.options.tls_enabled {
-            return settings.page(StatusCode::SERVICE_UNAVAILABLE, None);
+            return Some(settings.page(StatusCode::SERVICE_UNAVAILABLE, None));
         }
-        let authority = crate::app::request_authority(&req);
-        if let Some(resp) = redirect::redirect(&req, authority, conn.tls, &settings.options) {
-            return resp;
-        }
-        // The paused and buffering paths are boxed: inline, their large futures would make
-        // this one (which every request moves into place) large too.
-        if !self.pause.is_running() {
-            if let Some(resp) = Box::pin(self.held(&req, prefix, settings)).await {
-                return resp;
-            }
-        }
-        // The whole body is read before a target is chosen, so a slow client never holds one.
-        let req = match &settings.buffering.requests {
-            Some(limits) => match Box::pin(buffering::buffer_request(req, limits)).await {
-                Ok(req) => req,
-                Err(status) => return settings.page(status, None),
-            },
-            None => req.map(MaybeBuffered::streaming),
-        };
-        // Only a reference-count bump: the path is needed for log lines after forwarding.
-        // Only response buffering needs the path after the request has been sent.
-        let uri = settings
-            .buffering
-            .responses
-            .is_some()
-            .then(|| req.uri().clone());
+        let authority = crate::app::request_authority(req);
+        redirect::redirect(req, authority, conn.tls, &settings.options)
+    }
 
-        // Scoping needs the host after the request has been handed to the forwarder.
-        let cookie_scope = (settings.target_options.scope_cookie_paths
-            && settings.options.strip_prefix
-            && prefix != "/")
-            .then(|| redirect::strip_port(crate::app::request_authority(&req)).to_owned());
-
+    /// Chooses the pool and a target, and prepares the forwarding (spec §7.1 step 11).
+    fn dispatch(
+        &self,
+        req: Request<MaybeBuffered<RequestBody>>,
+        prefix: &str,
+        conn: ConnInfo,
+        log: &mut AccessLog,
+        state: Guard<Arc<ServiceState>>,
+    ) -> Dispatch {
+        let settings = &*state.settings;
         let pool = match (&state.split, &state.rollout) {
             (Some(split), Some(pool)) if split.uses_rollout_for(req.headers()) => {
                 tracing::debug!(service = %self.name, path = %decoded_path(&req), "Using rollout for request");
@@ -244,18 +355,10 @@ impl Service {
             && !affinity::has_valid_cookie(req.headers(), SystemTime::now());
         let claim = match pool.claim(to_readers) {
             Ok(claim) => claim,
-            // Paused between the gate and the claim (the targets are draining): wait in the
-            // gate like the requests behind this one, then try once more.
-            Err(_) if !self.pause.is_running() => {
-                if let Some(resp) = Box::pin(self.held(&req, prefix, settings)).await {
-                    return resp;
-                }
-                match pool.claim(to_readers) {
-                    Ok(claim) => claim,
-                    Err(_) => return settings.page(StatusCode::SERVICE_UNAVAILABLE, None),
-                }
+            Err(_) if !self.pause.is_running() => return Dispatch::Paused(req),
+            Err(_) => {
+                return Dispatch::Answer(settings.page(StatusCode::SERVICE_UNAVAILABLE, None))
             }
-            Err(_) => return settings.page(StatusCode::SERVICE_UNAVAILABLE, None),
         };
         let upstream = claim.target.forward_target();
         log.set_target(upstream.label());
@@ -267,57 +370,34 @@ impl Service {
                 settings.target_options.forward_headers,
             );
         }
-
-        // The forward future is built in a block, so the context it no longer needs is not
-        // kept in (and moved with) this future.
-        let forwarded = {
-            let upstream_path =
-                upstream_path_and_query(&req, prefix, settings.options.strip_prefix);
-            let ctx = ForwardContext {
-                client_addr: conn.peer,
-                tls: conn.tls,
-                forward_headers: settings.target_options.forward_headers,
-                target_timeout: settings.target_timeout,
-                upstream_path,
-            };
-            app.forwarder.forward(req, upstream, claim.lease, &ctx)
-        }
-        .await;
-        match forwarded {
-            Ok(resp) => {
-                let mut resp = match &settings.buffering.responses {
-                    Some(limits) => {
-                        let path = uri.as_ref().map_or("/", |u| u.path());
-                        match Box::pin(buffering::buffer_response(resp, limits, path)).await {
-                            Ok(resp) => resp,
-                            Err(status) => return settings.page(status, None),
-                        }
-                    }
-                    None => resp.map(MaybeBuffered::streaming),
-                };
-                // Tunnels keep the upstream's 101 untouched.
-                if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(host) = &cookie_scope {
-                        cookies::scope_paths(resp.headers_mut(), prefix, host);
-                    }
-                    // Added after scoping: the writer cookie always keeps `Path=/`.
-                    if affinity && !read {
-                        affinity::apply_to_response(
-                            resp.headers_mut(),
-                            settings.writer_affinity_timeout,
-                            SystemTime::now(),
-                        );
-                    }
-                }
-                log.capture_response_headers(&settings.log_response_headers, resp.headers());
-                resp.map(ResponseBody::proxy)
-            }
-            Err(e) => {
-                let resp = settings.page(e.status(), None);
-                log.capture_response_headers(&settings.log_response_headers, resp.headers());
-                resp
-            }
-        }
+        // Scoping needs the host after the request has been handed to the forwarder.
+        let cookie_scope = (settings.target_options.scope_cookie_paths
+            && settings.options.strip_prefix
+            && prefix != "/")
+            .then(|| {
+                Box::new(CookieScope {
+                    host: redirect::strip_port(crate::app::request_authority(&req)).to_owned(),
+                    prefix: prefix.to_owned(),
+                })
+            });
+        let ctx = ForwardContext {
+            client_addr: conn.peer,
+            tls: conn.tls,
+            forward_headers: settings.target_options.forward_headers,
+            target_timeout: settings.target_timeout,
+            upstream_path: upstream_path_and_query(&req, prefix, settings.options.strip_prefix),
+        };
+        Dispatch::Forward(Forward {
+            target: claim.target,
+            lease: claim.lease,
+            req,
+            ctx,
+            after: After {
+                cookie_scope,
+                writer_cookie: affinity && !read,
+                state: Guard::into_inner(state),
+            },
+        })
     }
 
     /// The answer for a request while the service is not running, or `None` once it may
@@ -343,6 +423,92 @@ impl Service {
             Admission::TimedOut => {
                 tracing::warn!(service = %self.name, path = %decoded_path(req), "Rejecting request due to expired pause");
                 Some(settings.page(StatusCode::GATEWAY_TIMEOUT, None))
+            }
+        }
+    }
+}
+
+/// How a request goes on after [`Service::begin`].
+pub enum Begin {
+    /// Answered without a target (TLS mismatch, redirect, no target).
+    Answer(Response<ResponseBody>),
+    /// Ready to forward, with nothing to wait for before or after.
+    Forward(Forward),
+    /// Paused or buffering: for [`Service::serve`], nothing done yet.
+    General(Request<RequestBody>),
+    /// Paused between the gate check and the claim: for [`Service::proceed`].
+    Paused(Request<MaybeBuffered<RequestBody>>),
+}
+
+/// What [`Service::dispatch`] decided.
+enum Dispatch {
+    Forward(Forward),
+    Answer(Response<ResponseBody>),
+    /// No target could be claimed because the service is paused.
+    Paused(Request<MaybeBuffered<RequestBody>>),
+}
+
+/// A request with its target chosen, ready for [`kamal_balancer::Forwarder::forward`].
+pub struct Forward {
+    /// The chosen target; the forwarding future borrows it.
+    pub target: Arc<Target>,
+    /// Keeps the request in flight on `target`.
+    pub lease: Lease,
+    /// The request for the target.
+    pub req: Request<MaybeBuffered<RequestBody>>,
+    /// How it is forwarded.
+    pub ctx: ForwardContext,
+    /// What the response needs.
+    pub after: After,
+}
+
+/// What the response needs from the request once the request has been forwarded.
+pub struct After {
+    /// Settings of the deploy that chose the target.
+    state: Arc<ServiceState>,
+    /// Set-Cookie paths to scope under the prefix (rarely on: boxed).
+    cookie_scope: Option<Box<CookieScope>>,
+    /// Whether the response sets the writer-affinity cookie.
+    writer_cookie: bool,
+}
+
+struct CookieScope {
+    host: String,
+    prefix: String,
+}
+
+impl After {
+    /// The response for the client (spec §7.1 step 11, after forwarding): cookie scoping,
+    /// the writer-affinity cookie and logged response headers, or the error page.
+    pub fn finish(
+        self,
+        forwarded: Result<Response<MaybeBuffered<UpstreamBody>>, ForwardError>,
+        log: &mut AccessLog,
+    ) -> Response<ResponseBody> {
+        let settings = &*self.state.settings;
+        match forwarded {
+            Ok(mut resp) => {
+                // Tunnels keep the upstream's 101 untouched.
+                if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(scope) = &self.cookie_scope {
+                        cookies::scope_paths(resp.headers_mut(), &scope.prefix, &scope.host);
+                    }
+                    // Added after scoping: the writer cookie always keeps `Path=/`.
+                    if self.writer_cookie {
+                        affinity::apply_to_response(
+                            resp.headers_mut(),
+                            settings.writer_affinity_timeout,
+                            SystemTime::now(),
+                        );
+                    }
+                }
+                log.capture_response_headers(&settings.log_response_headers, resp.headers());
+                resp.map(ResponseBody::proxy)
+            }
+            Err(e) => {
+                let resp = settings.page(e.status(), None);
+                log.capture_response_headers(&settings.log_response_headers, resp.headers());
+                resp
             }
         }
     }
