@@ -74,4 +74,7 @@ pub use protocol::{
     ServiceDescription, TargetDescription, PROTOCOL_VERSION,
 };
 pub use server::{ControlListener, Handler};
-pub use state::{LoadedState, PauseState, RolloutState, SavedService, SkippedService};
+pub use state::{
+    LoadedState, OrderedWriter, PauseState, RolloutState, SavedService, SkippedService,
+    WriteOutcome,
+};

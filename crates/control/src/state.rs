@@ -1,10 +1,12 @@
 //! The state file (`kamal-proxy.state`, Appendix A): upstream's format read (legacy fields
-//! included) and written, service by service, with an atomic replace on save.
+//! included) and written, service by service, with an atomic replace on save; [`OrderedWriter`]
+//! keeps snapshots written in the order they were taken.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -268,6 +270,81 @@ pub fn save(path: &Path, services: &[SavedService]) -> Result<(), StateError> {
     sync_dir(path).map_err(|e| write_error(path, e))
 }
 
+/// Saves snapshots of the service list in the order they were taken: a snapshot older than
+/// the last one written is skipped, so two changes whose writes finish close together can never
+/// leave the older state on disk.
+///
+/// Blocking, like [`save`]; an async embedder runs [`write`](OrderedWriter::write) on a
+/// blocking thread. Share it (e.g. in an `Arc`) between the code that takes snapshots and the
+/// threads that write them.
+#[derive(Debug)]
+pub struct OrderedWriter {
+    path: PathBuf,
+    /// The sequence number of the next snapshot.
+    next: AtomicU64,
+    /// The newest snapshot written (or attempted); held for the whole write, which also keeps
+    /// writes from overlapping.
+    written: Mutex<u64>,
+}
+
+/// What became of one snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// This snapshot is on disk.
+    Written,
+    /// A newer snapshot was written first; it includes this one's changes.
+    Superseded,
+    /// The write failed (logged); the previous file is intact.
+    Failed,
+}
+
+impl OrderedWriter {
+    /// A writer for the state file at `path`. Nothing is read or written yet.
+    pub fn new(path: PathBuf) -> OrderedWriter {
+        OrderedWriter {
+            path,
+            next: AtomicU64::new(1),
+            written: Mutex::new(0),
+        }
+    }
+
+    /// The state file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Numbers a snapshot. Call it under the lock that orders your changes, together with
+    /// taking the snapshot: the numbers are what decides which snapshot is newer.
+    pub fn next_seq(&self) -> u64 {
+        // Relaxed is enough: the caller's lock already orders the callers.
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Writes snapshot `seq` (from [`next_seq`](OrderedWriter::next_seq)) unless a newer one
+    /// already was. Failures are logged, not returned: the previous file stays intact and the
+    /// next change writes the whole list again.
+    pub fn write(&self, seq: u64, services: &[SavedService]) -> WriteOutcome {
+        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
+        if *written >= seq {
+            tracing::debug!(path = %self.path.display(), "State already saved by a later change");
+            return WriteOutcome::Superseded;
+        }
+        // Recorded even if the write fails: an older snapshot must not replace what a failed
+        // newer one meant to write.
+        *written = seq;
+        match save(&self.path, services) {
+            Ok(()) => {
+                tracing::debug!(path = %self.path.display(), "Saved state");
+                WriteOutcome::Written
+            }
+            Err(error) => {
+                tracing::error!(error = %error, path = %self.path.display(), "Unable to save state");
+                WriteOutcome::Failed
+            }
+        }
+    }
+}
+
 /// `<dir>/.<file name>.tmp`: hidden, same directory (so rename is atomic), fixed so that a
 /// leftover from a crash is simply overwritten by the next save.
 fn temp_path(path: &Path) -> PathBuf {
@@ -356,6 +433,118 @@ mod tests {
             pause_controller: Some(PauseState::default()),
             rollout_controller: None,
         }
+    }
+
+    fn named(names: &[&str]) -> Vec<SavedService> {
+        names.iter().map(|name| service(name)).collect()
+    }
+
+    fn names_on_disk(path: &Path) -> Vec<String> {
+        match load(path).expect("a readable state file") {
+            LoadedState::Loaded { services, skipped } => {
+                assert!(skipped.is_empty(), "{skipped:?}");
+                services.into_iter().map(|s| s.name).collect()
+            }
+            LoadedState::Missing => panic!("no state file"),
+        }
+    }
+
+    #[test]
+    fn sequence_numbers_increase_from_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = OrderedWriter::new(dir.path().join("kamal-proxy.state"));
+        let seqs: Vec<u64> = (0..3).map(|_| writer.next_seq()).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+        // The first snapshot numbered is newer than the nothing written yet.
+        assert_eq!(writer.write(seqs[0], &named(&["a"])), WriteOutcome::Written);
+        assert_eq!(names_on_disk(writer.path()), ["a"]);
+    }
+
+    #[test]
+    fn an_older_snapshot_is_never_written_after_a_newer_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = OrderedWriter::new(dir.path().join("kamal-proxy.state"));
+        let (older, newer) = (writer.next_seq(), writer.next_seq());
+
+        // The newer snapshot reaches the disk first; the older, finishing late, must not
+        // replace it.
+        assert_eq!(
+            writer.write(newer, &named(&["a", "b"])),
+            WriteOutcome::Written
+        );
+        assert_eq!(
+            writer.write(older, &named(&["a"])),
+            WriteOutcome::Superseded
+        );
+        assert_eq!(names_on_disk(writer.path()), ["a", "b"]);
+        // The same snapshot twice is written once.
+        std::fs::remove_file(writer.path()).unwrap();
+        assert_eq!(
+            writer.write(newer, &named(&["a", "b"])),
+            WriteOutcome::Superseded
+        );
+        assert!(!writer.path().exists());
+        // A newer one still goes through.
+        assert_eq!(writer.write(writer.next_seq(), &[]), WriteOutcome::Written);
+        assert!(names_on_disk(writer.path()).is_empty());
+    }
+
+    #[test]
+    fn a_failed_write_still_orders_later_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let parent = dir.path().join("missing");
+        let writer = OrderedWriter::new(parent.join("kamal-proxy.state"));
+        let (older, newer) = (writer.next_seq(), writer.next_seq());
+        assert_eq!(writer.write(newer, &named(&["new"])), WriteOutcome::Failed);
+
+        // Now the write could succeed, but the older snapshot must still not replace what the
+        // failed newer one meant to write.
+        std::fs::create_dir(&parent).unwrap();
+        assert_eq!(
+            writer.write(older, &named(&["old"])),
+            WriteOutcome::Superseded
+        );
+        assert!(!writer.path().exists());
+        // The next change writes the whole list again.
+        assert_eq!(
+            writer.write(writer.next_seq(), &named(&["newest"])),
+            WriteOutcome::Written
+        );
+        assert_eq!(names_on_disk(writer.path()), ["newest"]);
+    }
+
+    #[test]
+    fn concurrent_writes_leave_the_newest_snapshot() {
+        let dir = tempfile::tempdir().unwrap();
+        let writer = OrderedWriter::new(dir.path().join("kamal-proxy.state"));
+        let snapshots: Vec<(u64, String)> = (0..8)
+            .map(|_| {
+                let seq = writer.next_seq();
+                (seq, format!("s{seq}"))
+            })
+            .collect();
+        let newest = snapshots.last().unwrap().0;
+        let outcomes: Vec<(u64, WriteOutcome)> = std::thread::scope(|scope| {
+            // Spawned newest first, so that older ones tend to arrive late.
+            let handles: Vec<_> = snapshots
+                .iter()
+                .rev()
+                .map(|(seq, name)| {
+                    let writer = &writer;
+                    scope.spawn(move || (*seq, writer.write(*seq, &named(&[name]))))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        for (seq, outcome) in outcomes {
+            let expected: &[WriteOutcome] = if seq == newest {
+                &[WriteOutcome::Written]
+            } else {
+                &[WriteOutcome::Written, WriteOutcome::Superseded]
+            };
+            assert!(expected.contains(&outcome), "{seq}: {outcome:?}");
+        }
+        assert_eq!(names_on_disk(writer.path()), [format!("s{newest}")]);
     }
 
     #[test]

@@ -2,12 +2,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use kamal_balancer::{PauseSnapshot, PauseState, Pool, RolloutSplit};
+pub use kamal_control::state::WriteOutcome;
 use kamal_control::state::{
-    self, LoadedState, PauseState as SavedPause, RolloutState, SavedService,
+    self, LoadedState, OrderedWriter, PauseState as SavedPause, RolloutState, SavedService,
 };
 use kamal_control::{GoDuration, ServiceOptions, TargetOptions};
 use tokio::task::JoinHandle;
@@ -40,53 +40,27 @@ pub struct Restored {
 ///
 /// Serialising, writing and fsyncing can take tens of milliseconds on a cloud volume; on a
 /// single-threaded runtime that would stall all traffic, so the file work runs on a blocking
-/// thread. Snapshots are numbered when they are taken (under the registry lock, so the numbers
-/// follow the order of changes) and a snapshot older than the last one written is skipped:
-/// two commands finishing close together can never leave the older state on disk.
+/// thread. The ordering (an older snapshot is never written after a newer one) is
+/// [`OrderedWriter`]'s; this adds the snapshot of the running services and the tokio side.
 #[derive(Debug)]
 pub struct StateWriter {
-    shared: Arc<Shared>,
+    file: Arc<OrderedWriter>,
     /// Writes in flight, so that shutdown can wait for them.
     writes: TaskTracker,
-}
-
-#[derive(Debug)]
-struct Shared {
-    path: PathBuf,
-    /// The sequence number of the next snapshot.
-    next: AtomicU64,
-    /// The newest snapshot written (or attempted); held for the whole write, which also keeps
-    /// writes from overlapping.
-    written: Mutex<u64>,
-}
-
-/// What became of one snapshot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteOutcome {
-    /// This snapshot is on disk.
-    Written,
-    /// A newer snapshot was written first; it includes this one's changes.
-    Superseded,
-    /// The write failed (logged); the previous file is intact.
-    Failed,
 }
 
 impl StateWriter {
     /// A writer for the state file at `path`.
     pub fn new(path: PathBuf) -> StateWriter {
         StateWriter {
-            shared: Arc::new(Shared {
-                path,
-                next: AtomicU64::new(1),
-                written: Mutex::new(0),
-            }),
+            file: Arc::new(OrderedWriter::new(path)),
             writes: TaskTracker::new(),
         }
     }
 
     /// The state file.
     pub fn path(&self) -> &Path {
-        &self.shared.path
+        self.file.path()
     }
 
     /// Snapshots every service and starts writing them. Call it with the registry locked:
@@ -94,20 +68,19 @@ impl StateWriter {
     /// continues even if the returned handle is dropped.
     pub fn save(&self, registry: &BTreeMap<String, Arc<Service>>) -> PendingWrite {
         let services: Vec<SavedService> = registry.values().map(|s| to_saved(s)).collect();
-        // Relaxed is enough: the registry lock already orders the callers.
-        let seq = self.shared.next.fetch_add(1, Ordering::Relaxed);
+        let seq = self.file.next_seq();
         self.write(seq, services)
     }
 
     fn write(&self, seq: u64, services: Vec<SavedService>) -> PendingWrite {
-        let shared = Arc::clone(&self.shared);
+        let file = Arc::clone(&self.file);
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => PendingWrite(Pending::Running(
                 self.writes
-                    .spawn_blocking_on(move || shared.write_in_order(seq, &services), &runtime),
+                    .spawn_blocking_on(move || file.write(seq, &services), &runtime),
             )),
             // Outside a runtime the caller's thread is not serving traffic.
-            Err(_) => PendingWrite(Pending::Done(shared.write_in_order(seq, &services))),
+            Err(_) => PendingWrite(Pending::Done(file.write(seq, &services))),
         }
     }
 
@@ -115,30 +88,6 @@ impl StateWriter {
     pub async fn finish(&self) {
         self.writes.close();
         self.writes.wait().await;
-    }
-}
-
-impl Shared {
-    /// Writes snapshot `seq` unless a newer one already was. Blocking.
-    fn write_in_order(&self, seq: u64, services: &[SavedService]) -> WriteOutcome {
-        let mut written = self.written.lock().unwrap_or_else(|e| e.into_inner());
-        if *written >= seq {
-            tracing::debug!(path = %self.path.display(), "State already saved by a later change");
-            return WriteOutcome::Superseded;
-        }
-        // Recorded even if the write fails: an older snapshot must not replace what a failed
-        // newer one meant to write.
-        *written = seq;
-        match state::save(&self.path, services) {
-            Ok(()) => {
-                tracing::debug!(path = %self.path.display(), "Saved state");
-                WriteOutcome::Written
-            }
-            Err(error) => {
-                tracing::error!(error = %error, path = %self.path.display(), "Unable to save state");
-                WriteOutcome::Failed
-            }
-        }
     }
 }
 
@@ -307,57 +256,23 @@ mod tests {
     }
 
     #[test]
-    fn an_older_snapshot_is_never_written_after_a_newer_one() {
-        let dir = tempfile::tempdir().unwrap();
-        let writer = StateWriter::new(dir.path().join("kamal-proxy.state"));
-        let shared = &writer.shared;
-
-        // Snapshot 2 reaches the disk first; snapshot 1, finishing late, must not replace it.
-        assert_eq!(
-            shared.write_in_order(2, &named(&["a", "b"])),
-            WriteOutcome::Written
-        );
-        assert_eq!(
-            shared.write_in_order(1, &named(&["a"])),
-            WriteOutcome::Superseded
-        );
-        assert_eq!(names_on_disk(writer.path()), ["a", "b"]);
-        // The same snapshot twice is written once.
-        assert_eq!(
-            shared.write_in_order(2, &named(&["a", "b"])),
-            WriteOutcome::Superseded
-        );
-        // A newer one still goes through.
-        assert_eq!(shared.write_in_order(3, &named(&[])), WriteOutcome::Written);
-        assert!(names_on_disk(writer.path()).is_empty());
-    }
-
-    #[test]
-    fn a_failed_write_is_reported_and_still_orders_later_ones() {
-        let dir = tempfile::tempdir().unwrap();
-        let writer = StateWriter::new(dir.path().join("missing").join("kamal-proxy.state"));
-        assert_eq!(
-            writer.shared.write_in_order(2, &named(&["new"])),
-            WriteOutcome::Failed
-        );
-        // What the failed newer write meant to replace is not overwritten by an older one.
-        assert_eq!(
-            writer.shared.write_in_order(1, &named(&["old"])),
-            WriteOutcome::Superseded
-        );
-        assert!(!dir.path().join("missing").exists());
-    }
-
-    #[test]
     fn writes_run_off_a_single_threaded_runtime() {
         let dir = tempfile::tempdir().unwrap();
         let writer = StateWriter::new(dir.path().join("kamal-proxy.state"));
+        // One blocking thread, kept busy below, stands in for a disk that takes long to sync.
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
+            .max_blocking_threads(1)
             .build()
             .unwrap();
-        // Holding the writer's lock stands in for a disk that takes long to sync.
-        let slow_disk = writer.shared.written.lock().unwrap();
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let slow_disk = runtime.spawn_blocking(move || {
+            started_tx.send(()).unwrap();
+            let _ = release_rx.recv();
+        });
+        // Only once it runs is the blocking thread surely taken, so the writes must queue.
+        started_rx.recv_timeout(DEADLINE).unwrap();
         let (first, second, mut finish) = runtime.block_on(async {
             let first = writer.write(1, named(&["a"]));
             let second = writer.write(2, named(&["a", "b"]));
@@ -372,7 +287,14 @@ mod tests {
             assert!(finish.as_mut().poll(&mut cx).is_pending());
             (first, second, finish)
         });
-        drop(slow_disk);
+        drop(release_tx);
+
+        runtime.block_on(async {
+            tokio::time::timeout(DEADLINE, slow_disk)
+                .await
+                .expect("the blocker ends once released")
+                .unwrap();
+        });
 
         runtime.block_on(async {
             let outcomes = tokio::time::timeout(DEADLINE, async {
