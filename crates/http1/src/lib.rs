@@ -215,10 +215,10 @@ pub async fn serve<C, Fut, B, F, FFut>(
         .await
         {
             Ok(true) => {}
-            Ok(false) => {
-                let _ = stream.shutdown().await;
-                return;
-            }
+            // Dropping the stream closes it, which sends the FIN after the response just as a
+            // `shutdown` first would (nothing is read after it either way): one system call
+            // less per closed connection.
+            Ok(false) => return,
             Err(()) => return,
         }
     }
