@@ -109,12 +109,24 @@ impl DirectConns {
     }
 }
 
-/// The request head in HTTP/1.1 wire form: `METHOD target HTTP/1.1`, the headers, a blank line.
-pub(crate) fn encode_head(method: &Method, target: &str, headers: &HeaderMap) -> Vec<u8> {
+/// The request head in HTTP/1.1 wire form: `METHOD target HTTP/1.1`, the headers of the map,
+/// then `extra` (headers the proxy sets, written here rather than inserted into the map
+/// first), a blank line.
+pub(crate) fn encode_head<'n, 'v>(
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    extra: impl Iterator<Item = (&'n str, &'v HeaderValue)> + Clone,
+) -> Vec<u8> {
+    let line = |name: &str, value: &HeaderValue| name.len() + value.len() + 4;
     let size = headers
         .iter()
-        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .map(|(name, value)| line(name.as_str(), value))
         .sum::<usize>()
+        + extra
+            .clone()
+            .map(|(name, value)| line(name, value))
+            .sum::<usize>()
         + method.as_str().len()
         + target.len()
         + 14;
@@ -123,11 +135,17 @@ pub(crate) fn encode_head(method: &Method, target: &str, headers: &HeaderMap) ->
     head.push(b' ');
     head.extend_from_slice(target.as_bytes());
     head.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        head.extend_from_slice(name.as_str().as_bytes());
+    let mut put = |name: &str, value: &HeaderValue| {
+        head.extend_from_slice(name.as_bytes());
         head.extend_from_slice(b": ");
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
+    };
+    for (name, value) in headers {
+        put(name.as_str(), value);
+    }
+    for (name, value) in extra {
+        put(name, value);
     }
     head.extend_from_slice(b"\r\n");
     head
@@ -919,7 +937,7 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("host", HeaderValue::from_static("app.test"));
         headers.append("x-a", HeaderValue::from_static("1"));
-        let head = encode_head(&Method::GET, "/p?q=1", &headers);
+        let head = encode_head(&Method::GET, "/p?q=1", &headers, std::iter::empty());
         assert_eq!(
             head,
             b"GET /p?q=1 HTTP/1.1\r\nhost: app.test\r\nx-a: 1\r\n\r\n"

@@ -175,7 +175,8 @@ where
             target_label: upstream.label(),
         };
         let allow_upgrade = parts.version < Version::HTTP_2;
-        let protocol = headers::rewrite_request(&mut parts.headers, host, allow_upgrade, &info);
+        let (protocol, added) =
+            headers::prepare_request(&mut parts.headers, host.as_ref(), allow_upgrade, &info);
         let client_upgrade = match &protocol {
             Some(p) if !headers::is_printable(p) => {
                 let error = ForwardError::InvalidUpgrade {
@@ -212,8 +213,7 @@ where
         });
 
         if direct {
-            let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-            let head = direct::encode_head(&parts.method, target, &parts.headers);
+            let head = direct_head(&mut parts, host, &added);
             let send = DirectSend::new(
                 upstream.conns.direct(),
                 &upstream.authority,
@@ -224,6 +224,10 @@ where
                 Instant::now() + ctx.target_timeout,
             );
             return Forwarding::Direct { send, exchange };
+        }
+        added.insert_into(&mut parts.headers);
+        if let Some(host) = host {
+            parts.headers.insert(HOST, host);
         }
         let request = Request::from_parts(parts, RequestBody::new(body, sent_tx));
         let conns = upstream.conns.get::<RequestBody<B>>();
@@ -404,6 +408,35 @@ impl Exchange<'_> {
         let lease = self.lease;
         Ok(response.map(|body| ProxyBody::direct(body, lease)))
     }
+}
+
+/// The direct path's request head: what [`headers::rewrite_request`] would leave in the map,
+/// encoded, with the added headers written straight into the head and `Host` set only when it
+/// differs from the client's single `Host` (usually it is that value).
+fn direct_head(
+    parts: &mut http::request::Parts,
+    host: Option<HeaderValue>,
+    added: &headers::Added,
+) -> Vec<u8> {
+    let mut last = None;
+    if let Some(host) = host {
+        let mut present = parts.headers.get_all(HOST).iter();
+        let (first, more) = (present.next(), present.next().is_some());
+        match first {
+            Some(value) if *value == host && !more => {}
+            // Replaced where it stands, as an insert after the added headers would.
+            Some(_) => {
+                parts.headers.insert(HOST, host);
+            }
+            // Inserted after the added headers, so it is written last.
+            None => last = Some(host),
+        }
+    }
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let extra = added
+        .lines()
+        .chain(last.as_ref().map(|host| ("host", host)));
+    direct::encode_head(&parts.method, target, &parts.headers, extra)
 }
 
 /// Logs a failure as §11.3 asks and returns it.

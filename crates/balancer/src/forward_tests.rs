@@ -1253,3 +1253,82 @@ async fn a_408_left_on_an_idle_connection_is_not_taken_for_the_answer() {
     assert_eq!(within(body_text(response)).await.unwrap(), "second");
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
 }
+
+// The direct path writes the added headers straight into the head instead of inserting them:
+// its head must be byte for byte the one the map rewrite gives, whatever the client sent.
+#[test]
+fn direct_heads_equal_the_encoded_map_rewrite() {
+    let maps: &[&[(&str, &str)]] = &[
+        &[("host", "app.test")],
+        &[],
+        &[("host", "app.test"), ("host", "other.test")],
+        &[
+            ("host", "app.test"),
+            ("user-agent", "t"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-host", "front.test"),
+            ("accept", "*/*"),
+            ("x-forwarded-proto", "https"),
+            ("x-kamal-target", "elsewhere:80"),
+            ("x-forwarded-for", "5.6.7.8"),
+        ],
+        &[
+            ("host", "app.test"),
+            ("connection", "x-forwarded-for, keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("x-forwarded-for", "1.2.3.4"),
+            ("x-forwarded-proto", "http"),
+        ],
+        &[
+            ("connection", "host"),
+            ("host", "app.test"),
+            ("cookie", "a=1"),
+        ],
+        &[
+            ("forwarded", "for=1.2.3.4"),
+            ("host", "app.test"),
+            ("te", "trailers"),
+        ],
+    ];
+    let label = HeaderValue::from_static("127.0.0.1:3000");
+    for pairs in maps {
+        let mut map = http::HeaderMap::new();
+        for (name, value) in pairs.iter() {
+            map.append(
+                http::HeaderName::from_static(name),
+                HeaderValue::from_static(value),
+            );
+        }
+        let hosts = [
+            None,
+            Some(HeaderValue::from_static("app.test")),
+            Some(HeaderValue::from_static("authority.test")),
+        ];
+        for host in hosts {
+            for trust in [false, true] {
+                let info = headers::RequestInfo {
+                    client_ip: "192.0.2.9".parse().unwrap(),
+                    tls: trust,
+                    forward_headers: trust,
+                    target_label: &label,
+                };
+                let mut rewritten = map.clone();
+                headers::rewrite_request(&mut rewritten, host.clone(), true, &info);
+                let expected =
+                    direct::encode_head(&Method::GET, "/x?y", &rewritten, std::iter::empty());
+
+                let mut req = Request::get("/x?y").body(()).unwrap();
+                *req.headers_mut() = map.clone();
+                let (mut parts, ()) = req.into_parts();
+                let (_, added) =
+                    headers::prepare_request(&mut parts.headers, host.as_ref(), true, &info);
+                let got = direct_head(&mut parts, host.clone(), &added);
+                assert_eq!(
+                    String::from_utf8_lossy(&got),
+                    String::from_utf8_lossy(&expected),
+                    "{pairs:?}, host {host:?}, trusted {trust}"
+                );
+            }
+        }
+    }
+}

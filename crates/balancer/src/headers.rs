@@ -71,6 +71,65 @@ pub fn rewrite_request(
     allow_upgrade: bool,
     info: &RequestInfo<'_>,
 ) -> Option<HeaderValue> {
+    let (upgrade, added) = prepare_request(headers, host.as_ref(), allow_upgrade, info);
+    added.insert_into(headers);
+    if let Some(host) = host {
+        headers.insert(HOST, host);
+    }
+    upgrade
+}
+
+/// The headers the request rewrite adds that the client did not send, computed but not yet
+/// in the map (the ones the client did send are replaced in the map where they stand). The
+/// direct path writes them straight into the request head: inserting them (each insert hashes
+/// its name and probes the map) was most of the rewrite's cost.
+#[derive(Debug)]
+pub struct Added {
+    /// `X-Forwarded-For`, `X-Forwarded-Host`, `X-Forwarded-Proto`, `X-Kamal-Target`.
+    values: [Option<HeaderValue>; 4],
+}
+
+/// The names of [`Added`]'s values, in order.
+const ADDED_NAMES: [HeaderName; 4] = [
+    X_FORWARDED_FOR,
+    X_FORWARDED_HOST,
+    X_FORWARDED_PROTO,
+    X_KAMAL_TARGET,
+];
+
+impl Added {
+    /// The headers as name and value, in the order [`Added::insert_into`] appends them.
+    pub fn lines(&self) -> impl Iterator<Item = (&'static str, &HeaderValue)> + Clone {
+        const NAMES: [&str; 4] = [
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x-kamal-target",
+        ];
+        NAMES
+            .into_iter()
+            .zip(&self.values)
+            .filter_map(|(name, value)| Some((name, value.as_ref()?)))
+    }
+
+    /// Appends the headers to `headers`.
+    pub fn insert_into(self, headers: &mut HeaderMap) {
+        for (name, value) in ADDED_NAMES.into_iter().zip(self.values) {
+            if let Some(value) = value {
+                headers.insert(name, value);
+            }
+        }
+    }
+}
+
+/// [`rewrite_request`] up to its inserts: removes what must not be forwarded, and returns the
+/// upgrade protocol and the headers to set. The caller sets them and `Host`.
+pub fn prepare_request(
+    headers: &mut HeaderMap,
+    host: Option<&HeaderValue>,
+    allow_upgrade: bool,
+    info: &RequestInfo<'_>,
+) -> (Option<HeaderValue>, Added) {
     // One pass over the names present tells which of the headers below need a lookup or a
     // removal at all; a typical request has none of them, and each lookup hashes its name.
     let mut seen = Seen::default();
@@ -100,7 +159,7 @@ pub fn rewrite_request(
     let trust = info.forward_headers;
     let forwarded_for = forwarded_for(headers, info, trust && seen.forwarded_for);
     let forwarded_host = trusted(headers, &X_FORWARDED_HOST, trust && seen.forwarded_host)
-        .or_else(|| host.clone())
+        .or_else(|| host.cloned())
         .unwrap_or_else(|| HeaderValue::from_static(""));
     let forwarded_proto = trusted(headers, &X_FORWARDED_PROTO, trust && seen.forwarded_proto)
         .unwrap_or_else(|| scheme_value(info.tls));
@@ -124,14 +183,26 @@ pub fn rewrite_request(
         headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
         headers.insert(UPGRADE, protocol.clone());
     }
-    headers.insert(X_FORWARDED_FOR, forwarded_for);
-    headers.insert(X_FORWARDED_HOST, forwarded_host);
-    headers.insert(X_FORWARDED_PROTO, forwarded_proto);
-    headers.insert(X_KAMAL_TARGET, kamal_target);
-    if let Some(host) = host {
-        headers.insert(HOST, host);
+    let present = [
+        seen.forwarded_for,
+        seen.forwarded_host,
+        seen.forwarded_proto,
+        seen.kamal_target,
+    ];
+    let mut values = [
+        Some(forwarded_for),
+        Some(forwarded_host),
+        Some(forwarded_proto),
+        Some(kamal_target),
+    ];
+    for ((name, value), present) in ADDED_NAMES.into_iter().zip(&mut values).zip(present) {
+        // What the client sent is replaced where it stands (a hop-by-hop removal above may
+        // have taken it already; then it is appended like the others).
+        if present && headers.contains_key(&name) {
+            headers.insert(name, value.take().expect("set above"));
+        }
     }
-    upgrade
+    (upgrade, Added { values })
 }
 
 /// Rewrites an upstream response's headers for the client (§7.5): removes hop-by-hop headers
