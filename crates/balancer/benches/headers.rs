@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue};
-use kamal_balancer::headers::{rewrite_request, rewrite_response, RequestInfo};
+use kamal_balancer::headers::{prepare_request, rewrite_request, rewrite_response, RequestInfo};
 
 /// A browser-like request head as hyper hands it over.
 fn request_headers() -> HeaderMap {
@@ -68,6 +68,26 @@ fn bench(c: &mut Criterion) {
             )
         });
     }
+    // The direct path's share: the map is rewritten but the added headers are only computed
+    // (they are written into the request head, not inserted).
+    let info = RequestInfo {
+        client_ip: IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)),
+        tls: false,
+        forward_headers: false,
+        target_label: &label,
+    };
+    c.bench_function("prepare_request", |b| {
+        b.iter_batched_ref(
+            || request.clone(),
+            |headers| {
+                let (upgrade, added) =
+                    prepare_request(headers, host.as_ref(), true, black_box(&info));
+                black_box(added.lines().count());
+                upgrade
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
     let response = response_headers();
     c.bench_function("rewrite_response", |b| {
         b.iter_batched_ref(
