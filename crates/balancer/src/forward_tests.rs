@@ -850,6 +850,20 @@ async fn failures_are_logged_with_spec_fields() {
 
 /// A hyper upstream answering `size` bytes at every path, counting the connections it accepts.
 async fn counting_upstream(size: usize) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
+    counting_hyper_upstream(move |_req| async move {
+        Response::new(Full::new(Bytes::from(vec![b'x'; size])))
+    })
+    .await
+}
+
+/// A keep-alive hyper upstream serving `handler`, counting the connections it accepts.
+async fn counting_hyper_upstream<F, Fut>(
+    handler: F,
+) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>)
+where
+    F: Fn(Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
     let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = Arc::clone(&accepted);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -858,9 +872,8 @@ async fn counting_upstream(size: usize) -> (SocketAddr, Arc<std::sync::atomic::A
         while let Ok((stream, _)) = listener.accept().await {
             counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(async move {
-                let svc = service_fn(move |_req: Request<Incoming>| async move {
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(vec![b'x'; size]))))
-                });
+                let svc =
+                    service_fn(move |req| async move { Ok::<_, Infallible>(handler(req).await) });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
@@ -895,27 +908,13 @@ async fn sequential_requests_reuse_one_connection() {
 /// A keep-alive upstream answering `/slow` after a second and everything else at once,
 /// counting the connections it accepts.
 async fn slow_path_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
-    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let counter = Arc::clone(&accepted);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| async move {
-                    if req.uri().path() == "/slow" {
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+    counting_hyper_upstream(|req: Request<Incoming>| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_secs(1)).await;
         }
-    });
-    (addr, accepted)
+        Response::new(Full::new(Bytes::from_static(b"ok")))
+    })
+    .await
 }
 
 fn with_timeout(timeout: Duration) -> ForwardContext {
