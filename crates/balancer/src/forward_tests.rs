@@ -917,6 +917,14 @@ async fn slow_path_upstream() -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize
     .await
 }
 
+fn assert_response_timeout(result: Result<String, ForwardError>) {
+    let error = result.unwrap_err();
+    assert!(
+        matches!(error, ForwardError::ResponseTimeout { .. }),
+        "{error:?}"
+    );
+}
+
 fn with_timeout(timeout: Duration) -> ForwardContext {
     ForwardContext {
         target_timeout: timeout,
@@ -954,13 +962,7 @@ async fn each_request_on_a_reused_connection_gets_its_own_target_timeout() {
     }
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
     let started = Instant::now();
-    let error = forward_text(&forwarder, &target, "/slow", &c)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(error, ForwardError::ResponseTimeout { .. }),
-        "{error:?}"
-    );
+    assert_response_timeout(forward_text(&forwarder, &target, "/slow", &c).await);
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(100), "{waited:?}");
     assert!(waited < Duration::from_millis(900), "{waited:?}");
@@ -979,13 +981,7 @@ async fn a_shorter_target_timeout_applies_on_a_reused_connection() {
     );
     let started = Instant::now();
     let short = with_timeout(Duration::from_millis(100));
-    let error = forward_text(&forwarder, &target, "/slow", &short)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(error, ForwardError::ResponseTimeout { .. }),
-        "{error:?}"
-    );
+    assert_response_timeout(forward_text(&forwarder, &target, "/slow", &short).await);
     assert!(started.elapsed() < Duration::from_millis(900));
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
@@ -1006,13 +1002,7 @@ async fn the_target_timeout_works_after_firing_on_an_idle_connection() {
         forward_text(&forwarder, &target, "/", &c).await.unwrap(),
         "ok"
     );
-    let error = forward_text(&forwarder, &target, "/slow", &c)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(error, ForwardError::ResponseTimeout { .. }),
-        "{error:?}"
-    );
+    assert_response_timeout(forward_text(&forwarder, &target, "/slow", &c).await);
     assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
 
