@@ -630,27 +630,15 @@ impl HttpHandler for App {
                             let service = Arc::clone(route.value);
                             match service.begin(req, route.prefix, conn, &mut log) {
                                 Begin::Answer(resp) => resp,
-                                Begin::Forward(forward) => {
+                                Begin::Forward(Forward {
+                                    target,
+                                    sending,
+                                    after,
+                                }) => {
                                     // No snapshot is held while the target answers: guards
                                     // kept across waits use up arc-swap's fast slots.
                                     drop(routes);
-                                    let Forward {
-                                        target,
-                                        lease,
-                                        req,
-                                        ctx,
-                                        after,
-                                    } = forward;
-                                    let forwarding = {
-                                        let ctx = ctx;
-                                        self.forwarder.forward(
-                                            req,
-                                            target.forward_target(),
-                                            lease,
-                                            &ctx,
-                                        )
-                                    };
-                                    let forwarded = forwarding.await;
+                                    let forwarded = sending.start(&self.forwarder, &target).await;
                                     after.finish(
                                         forwarded.map(|r| r.map(MaybeBuffered::streaming)),
                                         &mut log,

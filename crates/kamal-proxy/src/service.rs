@@ -7,14 +7,14 @@ use arc_swap::{ArcSwap, Guard};
 use http::uri::PathAndQuery;
 use http::{HeaderName, Method, Request, Response, StatusCode};
 use kamal_balancer::{
-    affinity, Admission, ForwardContext, ForwardError, Lease, PauseController, Pool, RolloutSplit,
-    Target,
+    affinity, Admission, ForwardContext, ForwardError, Forwarder, Lease, PauseController, Pool,
+    RolloutSplit, Target,
 };
 use kamal_control::{ServiceOptions, TargetOptions};
 
 use crate::access_log::{AccessLog, ConnInfo, LogHeader};
 use crate::app::App;
-use crate::app::UpstreamBody;
+use crate::app::{UpstreamBody, UpstreamRequestBody};
 use crate::body::ResponseBody;
 use crate::buffering::{self, Buffering};
 use crate::error_pages::ErrorPages;
@@ -271,15 +271,10 @@ impl Service {
         };
         let Forward {
             target,
-            lease,
-            req,
-            ctx,
+            sending,
             after,
         } = forward;
-        let forwarded = app
-            .forwarder
-            .forward(req, target.forward_target(), lease, &ctx)
-            .await;
+        let forwarded = sending.start(&app.forwarder, &target).await;
         let resp = match (forwarded, &after.state.settings.buffering.responses) {
             (Ok(resp), Some(limits)) => {
                 let path = uri.as_ref().map_or("/", |u| u.path());
@@ -389,9 +384,11 @@ impl Service {
         };
         Dispatch::Forward(Forward {
             target: claim.target,
-            lease: claim.lease,
-            req,
-            ctx,
+            sending: Sending {
+                lease: claim.lease,
+                req,
+                ctx,
+            },
             after: After {
                 cookie_scope,
                 writer_cookie: affinity && !read,
@@ -448,18 +445,38 @@ enum Dispatch {
     Paused(Request<MaybeBuffered<RequestBody>>),
 }
 
-/// A request with its target chosen, ready for [`kamal_balancer::Forwarder::forward`].
+/// A request with its target chosen, ready to be forwarded.
 pub struct Forward {
-    /// The chosen target; the forwarding future borrows it.
+    /// The chosen target. The forwarding future borrows it, so the caller keeps it in its
+    /// own future rather than this being a future of its own.
     pub target: Arc<Target>,
-    /// Keeps the request in flight on `target`.
-    pub lease: Lease,
-    /// The request for the target.
-    pub req: Request<MaybeBuffered<RequestBody>>,
-    /// How it is forwarded.
-    pub ctx: ForwardContext,
+    /// The request and how it goes; [`Sending::start`] starts it.
+    pub sending: Sending,
     /// What the response needs.
     pub after: After,
+}
+
+/// What [`Sending::start`] hands to the forwarder.
+pub struct Sending {
+    /// Keeps the request in flight on the target.
+    lease: Lease,
+    /// The request for the target.
+    req: Request<MaybeBuffered<RequestBody>>,
+    /// How it is forwarded.
+    ctx: ForwardContext,
+}
+
+impl Sending {
+    /// The forwarding to `target` (the claimed one). The future borrows only `target`: the
+    /// context is used up here and not kept in it.
+    pub fn start<'a>(
+        self,
+        forwarder: &Forwarder<UpstreamRequestBody>,
+        target: &'a Target,
+    ) -> impl std::future::Future<Output = Result<Response<UpstreamBody>, ForwardError>> + Send + 'a
+    {
+        forwarder.forward(self.req, target.forward_target(), self.lease, &self.ctx)
+    }
 }
 
 /// What the response needs from the request once the request has been forwarded.
