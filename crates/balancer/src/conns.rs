@@ -1,7 +1,7 @@
 //! Keep-alive HTTP/1.1 connections to one target.
 //!
-//! Each target owns a lock-free queue of idle connections (hyper's `http1::SendRequest`
-//! handles). A request takes one out (or dials a new one), and the response body puts it back
+//! Each target keeps its idle connections (hyper's `http1::SendRequest` handles) in lock-free
+//! queues, recently used ones first (see [`IdleConns`]). A request takes one out (or dials a new one), and the response body puts it back
 //! once the response has been read to its end. Compared with a general-purpose pooled client
 //! this costs one atomic pop and one push per request: no pool key to hash, no shared map
 //! behind a lock, no boxed futures and no task spawned per request to watch for readiness.
@@ -15,7 +15,6 @@ use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use crossbeam_queue::ArrayQueue;
 use http::uri::Authority;
 use http::{Request, Response};
 use http_body::Body;
@@ -28,6 +27,7 @@ use tokio::net::TcpStream;
 
 use crate::direct::DirectConns;
 use crate::forward_error::BoxError;
+use crate::idle::IdleConns;
 
 /// Idle keep-alive connections kept per target (Go's `MaxIdleConnsPerHost` in kamal-proxy).
 pub(crate) const MAX_IDLE_PER_TARGET: usize = 100;
@@ -36,13 +36,13 @@ const TCP_KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// The idle connections to one target, for request bodies of type `B`.
 pub(crate) struct Conns<B> {
-    idle: ArrayQueue<SendRequest<B>>,
+    idle: IdleConns<SendRequest<B>>,
 }
 
 impl<B> Conns<B> {
     fn new() -> Self {
         Self {
-            idle: ArrayQueue::new(MAX_IDLE_PER_TARGET),
+            idle: IdleConns::new(MAX_IDLE_PER_TARGET),
         }
     }
 
@@ -51,7 +51,7 @@ impl<B> Conns<B> {
         std::iter::from_fn(|| self.idle.pop()).find(|sender| !sender.is_closed())
     }
 
-    /// Returns a connection whose last response has been read completely. A full queue drops
+    /// Returns a connection whose last response has been read completely. A full pool drops
     /// it, which closes it once its connection task sees the handle gone.
     pub(crate) fn put_back(&self, sender: SendRequest<B>) {
         if !sender.is_closed() {

@@ -29,7 +29,6 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
-use crossbeam_queue::ArrayQueue;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::uri::Authority;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Version};
@@ -42,6 +41,7 @@ use tokio_util::io::poll_read_buf;
 use crate::conns::{dial, DialError, MAX_IDLE_PER_TARGET};
 use crate::forward_error::BoxError;
 use crate::headers::{has_token, tokens};
+use crate::idle::IdleConns;
 
 /// Largest response head accepted: status line, headers and any 1xx heads before it.
 const MAX_HEAD: usize = 64 * 1024;
@@ -85,13 +85,13 @@ type Span = [u32; 4];
 pub(crate) struct DirectConns {
     /// Boxed: a connection moves from the queue to the request, its response body and back,
     /// and a pointer moves cheaper than the socket, buffer and spans.
-    idle: ArrayQueue<Box<DirectConn>>,
+    idle: IdleConns<Box<DirectConn>>,
 }
 
 impl DirectConns {
     pub(crate) fn new() -> Self {
         Self {
-            idle: ArrayQueue::new(MAX_IDLE_PER_TARGET),
+            idle: IdleConns::new(MAX_IDLE_PER_TARGET),
         }
     }
 
@@ -104,7 +104,7 @@ impl DirectConns {
         if conn.buf.capacity() > KEEP_BUFFER {
             conn.buf = BytesMut::new();
         }
-        // A full queue drops (closes) the connection.
+        // A full pool drops (closes) the connection.
         let _ = self.idle.push(conn);
     }
 }

@@ -1321,3 +1321,72 @@ fn direct_heads_equal_the_encoded_map_rewrite() {
         }
     }
 }
+
+/// A keep-alive upstream answering each request with the port its connection came from.
+async fn peer_port_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, peer)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(move |_req| async move {
+                    let port = Bytes::from(peer.port().to_string());
+                    Ok::<_, Infallible>(Response::new(Full::new(port)))
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// After a burst has left many connections idle, one request at a time keeps reusing a few of
+/// them instead of rotating through all: on the direct path (GET) and through hyper (POST).
+#[tokio::test]
+async fn a_steady_load_after_a_burst_reuses_a_few_recent_connections() {
+    let addr = peer_port_upstream().await;
+    let forwarder = Forwarder::new();
+    let target = target(addr);
+    let request = |method: &Method| {
+        let body = if method == Method::POST { "data" } else { "" };
+        Request::builder()
+            .method(method.clone())
+            .uri("/")
+            .header("host", "app.test")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap()
+    };
+    for method in [Method::GET, Method::POST] {
+        let mut held = Vec::new();
+        for _ in 0..12 {
+            let sent =
+                forwarder.forward(request(&method), &target, InFlight::new().lease(), &ctx());
+            held.push(within(sent).await.unwrap());
+        }
+        let mut burst = std::collections::HashSet::new();
+        for response in held {
+            burst.insert(within(body_text(response)).await.unwrap());
+        }
+        assert_eq!(burst.len(), 12, "{method}: twelve connections held at once");
+        let mut steady = std::collections::HashSet::new();
+        for _ in 0..40 {
+            let sent =
+                forwarder.forward(request(&method), &target, InFlight::new().lease(), &ctx());
+            let port = within(body_text(within(sent).await.unwrap()))
+                .await
+                .unwrap();
+            assert!(
+                burst.contains(&port),
+                "{method}: a pooled connection was reused"
+            );
+            steady.insert(port);
+        }
+        assert!(
+            steady.len() <= 4,
+            "{method}: {} connections in rotation for one request at a time",
+            steady.len()
+        );
+    }
+}

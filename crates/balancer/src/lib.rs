@@ -9,6 +9,7 @@ pub mod forward;
 pub mod forward_error;
 pub mod headers;
 pub mod health;
+mod idle;
 pub mod inflight;
 pub mod pause;
 pub mod pool;

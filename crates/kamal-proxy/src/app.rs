@@ -924,3 +924,67 @@ fn describe(service: &Service) -> ServiceDescription {
         stop_message: pause.message,
     }
 }
+
+#[cfg(test)]
+mod stamp_tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn stamped(headers: &[(&str, &str)], arrived: SystemTime) -> http::HeaderMap {
+        let mut req = Request::builder();
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let mut req = req.body(()).unwrap();
+        stamp_request(&mut req, arrived);
+        req.into_parts().0.headers
+    }
+
+    #[test]
+    fn generated_stamps_are_the_arrival_milliseconds_and_a_v4_uuid() {
+        let arrived = UNIX_EPOCH + Duration::from_millis(1_764_000_000_123);
+        let headers = stamped(&[], arrived);
+        assert_eq!(headers["x-request-start"], "t=1764000000123");
+        let id = headers["x-request-id"].to_str().unwrap();
+        let parsed = uuid::Uuid::parse_str(id).unwrap();
+        assert_eq!(parsed.get_version_num(), 4);
+        assert_eq!(
+            id,
+            parsed.hyphenated().to_string(),
+            "lower-case, hyphenated"
+        );
+        // Each request gets its own id.
+        assert_ne!(
+            stamped(&[], arrived)["x-request-id"],
+            headers["x-request-id"]
+        );
+    }
+
+    #[test]
+    fn client_values_are_kept_and_empty_ones_replaced() {
+        let arrived = UNIX_EPOCH + Duration::from_millis(5);
+        let headers = stamped(
+            &[("x-request-id", "client-id"), ("x-request-start", "")],
+            arrived,
+        );
+        assert_eq!(headers["x-request-id"], "client-id");
+        assert_eq!(headers["x-request-start"], "t=5");
+        let headers = stamped(&[("x-request-id", ""), ("x-request-start", "t=1")], arrived);
+        assert_eq!(headers["x-request-start"], "t=1");
+        assert_eq!(headers["x-request-id"].len(), 36);
+        assert_eq!(headers.get_all("x-request-id").iter().count(), 1);
+    }
+
+    #[test]
+    fn a_clock_before_the_epoch_or_far_ahead_still_gives_valid_values() {
+        let before = UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(stamped(&[], before)["x-request-start"], "t=0");
+        let far = UNIX_EPOCH + Duration::from_secs(u64::MAX / 1000);
+        let start = stamped(&[], far)["x-request-start"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(start.starts_with("t=18446744073709551"), "{start}");
+        assert_eq!(stamped(&[], far)["x-request-id"].len(), 36);
+    }
+}
