@@ -195,15 +195,18 @@ pub async fn accept_loop<H: HttpHandler>(
         connections.spawn(async move {
             let fallback = {
                 let (handler, token) = (Arc::clone(&handler), stop.token().clone());
+                // Boxed: hyper's connection future (about 1.9 KB) would otherwise make every
+                // connection's task that much larger, to be allocated and moved on each accept,
+                // for the rare connection that is not plain HTTP/1.1.
                 move |stream, read: bytes::Bytes| {
-                    serve_hyper(
+                    Box::pin(serve_hyper(
                         Prefixed::new(stream, read),
                         conn,
                         handler,
                         builder,
                         token,
                         None,
-                    )
+                    ))
                 }
             };
             let call = |req: Request<()>| {
