@@ -754,11 +754,20 @@ pub fn run(options: &Options) -> Result<(), String> {
             }
             Scenario::DeployUnderLoad => {
                 let steady = summary(Scenario::KeepAlive, Kind::Kamal).map(|s| s.rps);
-                let (sample, note) = deploy_under_load(&lab, &kamal, &upstream, &release, options)?;
-                kamal_requests += sample.requests;
-                result.kamal = report::summarise(&[sample]);
+                // In rounds like the other loads: a single window is decided by whatever else
+                // the host did during it.
+                let mut samples = Vec::new();
+                let mut deploys = Deploys::default();
+                for round in 1..=options.rounds {
+                    let (sample, these) =
+                        deploy_under_load(&lab, &kamal, &upstream, &release, options, round)?;
+                    kamal_requests += sample.requests;
+                    samples.push(sample);
+                    deploys.add(&these);
+                }
+                result.kamal = report::summarise(&samples);
                 result.steady_rps = steady;
-                result.note = note;
+                result.note = deploys.note(options.rounds);
             }
             _ => {
                 result.direct = summary(scenario, Kind::Direct);
@@ -882,15 +891,50 @@ fn alive(upstream: &Upstream, kamal: &Kamal, nginx: Option<&Nginx>) -> Result<()
     Ok(())
 }
 
+/// How the deploys of one or more deploy-under-load rounds went.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct Deploys {
+    succeeded: u32,
+    attempted: u32,
+    /// The longest round's window.
+    longest: Duration,
+    slowest: Duration,
+}
+
+impl Deploys {
+    fn add(&mut self, other: &Deploys) {
+        self.succeeded += other.succeeded;
+        self.attempted += other.attempted;
+        self.longest = self.longest.max(other.longest);
+        self.slowest = self.slowest.max(other.slowest);
+    }
+
+    fn note(&self, rounds: u32) -> String {
+        let rounds = match rounds {
+            1 => String::new(),
+            n => format!(" over {n} rounds"),
+        };
+        format!(
+            "{}/{} deploys succeeded{rounds}, each round within {:.1} s (slowest deploy {:.2} s).",
+            self.succeeded,
+            self.attempted,
+            self.longest.as_secs_f64(),
+            self.slowest.as_secs_f64()
+        )
+    }
+}
+
 /// Keep-alive load through kamal-proxy while it is redeployed `options.deploys` times,
-/// alternating between two upstreams. Returns the load's sample and a note on the deploys.
+/// alternating between two upstreams: one round. Returns the load's sample and how the deploys
+/// went.
 fn deploy_under_load(
     lab: &Lab,
     kamal: &Kamal,
     first: &Upstream,
     release: &Path,
     options: &Options,
-) -> Result<(Sample, String), String> {
+    round: u32,
+) -> Result<(Sample, Deploys), String> {
     let second = setups::start_upstream(&release.join("bench-upstream"), lab.load_core)?;
     let targets = [second.port, first.port].map(|p| format!("127.0.0.1:{p}"));
     let setup = Setup {
@@ -935,7 +979,8 @@ fn deploy_under_load(
         kamal.deploy("bench", &["--target", &targets[1]])?;
     }
     eprintln!(
-        "xtask: deploy-under-load: {} deploys in {:.1} s, {} req/s, {} errors",
+        "xtask: round {round}/{} deploy-under-load: {} deploys in {:.1} s, {} req/s, {} errors",
+        options.rounds,
         options.deploys,
         elapsed.as_secs_f64(),
         report::thousands(result.rps()),
@@ -944,14 +989,13 @@ fn deploy_under_load(
     for failure in &failures {
         eprintln!("xtask: {failure}");
     }
-    let note = format!(
-        "{}/{} deploys succeeded in {:.1} s (slowest {:.2} s).",
-        options.deploys as usize - failures.len(),
-        options.deploys,
-        elapsed.as_secs_f64(),
-        slowest.as_secs_f64()
-    );
-    Ok((lab.sample(&setup, &result, cpu_before, cpu_after), note))
+    let deploys = Deploys {
+        succeeded: options.deploys - failures.len() as u32,
+        attempted: options.deploys,
+        longest: elapsed,
+        slowest,
+    };
+    Ok((lab.sample(&setup, &result, cpu_before, cpu_after), deploys))
 }
 
 /// Waits until `at` (pacing a schedule, not synchronising: nothing signals that moment).
@@ -1096,6 +1140,28 @@ fn target_dir() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn deploy_rounds_add_up_in_the_note() {
+        let round = |succeeded, longest_ms, slowest_ms| Deploys {
+            succeeded,
+            attempted: 20,
+            longest: Duration::from_millis(longest_ms),
+            slowest: Duration::from_millis(slowest_ms),
+        };
+        let mut all = Deploys::default();
+        all.add(&round(20, 8_010, 30));
+        all.add(&round(19, 8_040, 120));
+        all.add(&round(20, 8_000, 40));
+        assert_eq!(
+            all.note(3),
+            "59/60 deploys succeeded over 3 rounds, each round within 8.0 s (slowest deploy 0.12 s)."
+        );
+        assert_eq!(
+            round(20, 8_000, 30).note(1),
+            "20/20 deploys succeeded, each round within 8.0 s (slowest deploy 0.03 s)."
+        );
+    }
 
     fn args(list: &[&str]) -> Vec<String> {
         list.iter().map(|s| s.to_string()).collect()
