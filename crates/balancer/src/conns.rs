@@ -1,10 +1,11 @@
 //! Keep-alive HTTP/1.1 connections to one target.
 //!
 //! Each target keeps its idle connections (hyper's `http1::SendRequest` handles) in lock-free
-//! queues, recently used ones first (see [`IdleConns`]). A request takes one out (or dials a new one), and the response body puts it back
-//! once the response has been read to its end. Compared with a general-purpose pooled client
-//! this costs one atomic pop and one push per request: no pool key to hash, no shared map
-//! behind a lock, no boxed futures and no task spawned per request to watch for readiness.
+//! queues, recently used ones first (see [`IdleConns`]). A request takes one out (or dials a
+//! new one), and the response body puts it back once the response has been read to its end.
+//! Compared with a general-purpose pooled client this costs one atomic pop and one push per
+//! request in the common case: no pool key to hash, no shared map behind a lock, no boxed
+//! futures and no task spawned per request to watch for readiness.
 
 use std::any::Any;
 use std::future::Future;
