@@ -1324,22 +1324,17 @@ fn direct_heads_equal_the_encoded_map_rewrite() {
 
 /// A keep-alive upstream answering each request with the port its connection came from.
 async fn peer_port_upstream() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, peer)) = listener.accept().await {
-            tokio::spawn(async move {
-                let svc = service_fn(move |_req| async move {
-                    let port = Bytes::from(peer.port().to_string());
-                    Ok::<_, Infallible>(Response::new(Full::new(port)))
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    addr
+    raw_upstream(|stream| async move {
+        let port = stream.peer_addr().unwrap().port();
+        let svc = service_fn(move |_req| async move {
+            let port = Bytes::from(port.to_string());
+            Ok::<_, Infallible>(Response::new(Full::new(port)))
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), svc)
+            .await;
+    })
+    .await
 }
 
 /// After a burst has left many connections idle, one request at a time keeps reusing a few of

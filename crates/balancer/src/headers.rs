@@ -89,8 +89,9 @@ pub struct Added {
     values: [Option<HeaderValue>; 4],
 }
 
-/// The names of [`Added`]'s values, in order.
-const ADDED_NAMES: [HeaderName; 4] = [
+/// The names of [`Added`]'s values, in order (a static, so that [`Added::lines`] can lend
+/// their text for as long as the head is written).
+static ADDED_NAMES: [HeaderName; 4] = [
     X_FORWARDED_FOR,
     X_FORWARDED_HOST,
     X_FORWARDED_PROTO,
@@ -100,23 +101,17 @@ const ADDED_NAMES: [HeaderName; 4] = [
 impl Added {
     /// The headers as name and value, in the order [`Added::insert_into`] appends them.
     pub fn lines(&self) -> impl Iterator<Item = (&'static str, &HeaderValue)> + Clone {
-        const NAMES: [&str; 4] = [
-            "x-forwarded-for",
-            "x-forwarded-host",
-            "x-forwarded-proto",
-            "x-kamal-target",
-        ];
-        NAMES
-            .into_iter()
+        ADDED_NAMES
+            .iter()
             .zip(&self.values)
-            .filter_map(|(name, value)| Some((name, value.as_ref()?)))
+            .filter_map(|(name, value)| Some((name.as_str(), value.as_ref()?)))
     }
 
     /// Appends the headers to `headers`.
     pub fn insert_into(self, headers: &mut HeaderMap) {
-        for (name, value) in ADDED_NAMES.into_iter().zip(self.values) {
+        for (name, value) in ADDED_NAMES.iter().zip(self.values) {
             if let Some(value) = value {
-                headers.insert(name, value);
+                headers.insert(name.clone(), value);
             }
         }
     }
@@ -195,11 +190,11 @@ pub fn prepare_request(
         Some(forwarded_proto),
         Some(kamal_target),
     ];
-    for ((name, value), present) in ADDED_NAMES.into_iter().zip(&mut values).zip(present) {
+    for ((name, value), present) in ADDED_NAMES.iter().zip(&mut values).zip(present) {
         // What the client sent is replaced where it stands (a hop-by-hop removal above may
         // have taken it already; then it is appended like the others).
-        if present && headers.contains_key(&name) {
-            headers.insert(name, value.take().expect("set above"));
+        if present && headers.contains_key(name) {
+            headers.insert(name.clone(), value.take().expect("set above"));
         }
     }
     (upgrade, Added { values })
