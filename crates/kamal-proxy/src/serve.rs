@@ -190,34 +190,38 @@ pub async fn accept_loop<H: HttpHandler>(
         let _ = stream.set_nodelay(true);
         let (handler, builder) = (Arc::clone(&handler), Arc::clone(&builder));
         let stop = connections.stop.clone();
-        // The connection's future is built inside its task, so it is moved once, into the
-        // task's state, rather than through every layer on the way to `spawn`.
+        // The task holds only a box: tokio moves a task's future several times on the way
+        // into its cell (spawn, bind, and each stage change), and the connection's future is
+        // about 1.5 KB, moved once here instead.
         connections.spawn(async move {
-            let fallback = {
-                let (handler, token) = (Arc::clone(&handler), stop.token().clone());
-                // Boxed: hyper's connection future (about 1.9 KB) would otherwise make every
-                // connection's task that much larger, to be allocated and moved on each accept,
-                // for the rare connection that is not plain HTTP/1.1.
-                move |stream, read: bytes::Bytes| {
-                    Box::pin(serve_hyper(
-                        Prefixed::new(stream, read),
+            Box::pin(async move {
+                let fallback = {
+                    let (handler, token) = (Arc::clone(&handler), stop.token().clone());
+                    // Boxed: hyper's connection future (about 1.9 KB) would otherwise make every
+                    // connection's task that much larger, to be allocated and moved on each accept,
+                    // for the rare connection that is not plain HTTP/1.1.
+                    move |stream, read: bytes::Bytes| {
+                        Box::pin(serve_hyper(
+                            Prefixed::new(stream, read),
+                            conn,
+                            handler,
+                            builder,
+                            token,
+                            None,
+                        ))
+                    }
+                };
+                let call = |req: Request<()>| {
+                    answer(
+                        Arc::clone(&handler),
+                        req.map(|()| RequestBody::Empty),
                         conn,
-                        handler,
-                        builder,
-                        token,
                         None,
-                    ))
-                }
-            };
-            let call = |req: Request<()>| {
-                answer(
-                    Arc::clone(&handler),
-                    req.map(|()| RequestBody::Empty),
-                    conn,
-                    None,
-                )
-            };
-            kamal_http1::serve(stream, call, &stop, HEADER_READ_TIMEOUT, fallback).await;
+                    )
+                };
+                kamal_http1::serve(stream, call, &stop, HEADER_READ_TIMEOUT, fallback).await;
+            })
+            .await;
         });
     }
 }
@@ -386,20 +390,24 @@ pub async fn tls_accept_loop<H: HttpHandler>(
         let shutdown = connections.stop.token().clone();
         let alt_svc = alt_svc.clone();
         // Handshakes are counted too: shutdown waits for them, and they end at once on `stop`.
+        // Boxed for the same reason as in `accept_loop`.
         connections.spawn(async move {
-            let accepted = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                accepted = tls.accept(stream) => accepted,
-            };
-            match accepted {
-                Ok(Some(stream)) => {
-                    serve_hyper(stream, conn, handler, builder, shutdown, alt_svc).await;
+            Box::pin(async move {
+                let accepted = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    accepted = tls.accept(stream) => accepted,
+                };
+                match accepted {
+                    Ok(Some(stream)) => {
+                        serve_hyper(stream, conn, handler, builder, shutdown, alt_svc).await;
+                    }
+                    Ok(None) => {}
+                    Err(reason) => {
+                        tracing::debug!("http: TLS handshake error from {peer}: {reason}");
+                    }
                 }
-                Ok(None) => {}
-                Err(reason) => {
-                    tracing::debug!("http: TLS handshake error from {peer}: {reason}");
-                }
-            }
+            })
+            .await;
         });
     }
 }
