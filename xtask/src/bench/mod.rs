@@ -701,7 +701,13 @@ pub fn run(options: &Options) -> Result<(), String> {
     let mut samples: Vec<(Scenario, Kind, Sample)> = Vec::new();
     for round in 1..=options.rounds {
         for &scenario in &rounds {
-            for setup in setups_for(scenario) {
+            // Every other round in the opposite order: whatever running second costs or gains
+            // (sockets left in TIME_WAIT, a warmer cache) falls on each setup alike.
+            let mut setups = setups_for(scenario);
+            if round % 2 == 0 {
+                setups.reverse();
+            }
+            for setup in setups {
                 let sample = lab.measure(scenario, &setup, options.duration)?;
                 eprintln!(
                     "xtask: round {round}/{} {} {}: {} req/s, p50 {}, p99 {}, {} errors",
@@ -722,14 +728,14 @@ pub fn run(options: &Options) -> Result<(), String> {
         }
     }
 
-    let summary = |scenario: Scenario, kind: Kind| {
-        let picked: Vec<Sample> = samples
+    let picked = |scenario: Scenario, kind: Kind| -> Vec<Sample> {
+        samples
             .iter()
             .filter(|(s, k, _)| *s == scenario && *k == kind)
             .map(|(_, _, sample)| *sample)
-            .collect();
-        report::summarise(&picked)
+            .collect()
     };
+    let summary = |scenario: Scenario, kind: Kind| report::summarise(&picked(scenario, kind));
     let mut results: Vec<ScenarioResult> = Vec::new();
     for &scenario in &options.scenarios {
         let mut result = ScenarioResult {
@@ -773,6 +779,10 @@ pub fn run(options: &Options) -> Result<(), String> {
                 result.direct = summary(scenario, Kind::Direct);
                 result.kamal = summary(scenario, Kind::Kamal);
                 result.nginx = summary(scenario, Kind::Nginx);
+                result.vs_nginx_rounds = report::paired(
+                    &picked(scenario, Kind::Kamal),
+                    &picked(scenario, Kind::Nginx),
+                );
                 if scenario.tls() {
                     result.note = tls_note(scenario, &lab.negotiated.borrow());
                 }
@@ -1078,7 +1088,7 @@ fn header(
          - machine: {cpu}, {cores} cores{memory}, Linux {}; load average before the report: {}\n\
          - {}\n\
          - kamal-proxy {commit} (release build, JSON access log to {}), {}, {}{}, upstream `bench-upstream` (hyper, 13-byte and 1 MiB answers)\n\
-         - each figure: median of {} interleaved rounds of {} s after a {} s warm-up; errors summed; peak RSS is the largest VmHWM of the proxy's processes in a round; proxy CPU from /proc (user + system)\n\
+         - each figure: median of {} interleaved rounds of {} s after a {} s warm-up (the setups' order reversed every other round); errors summed; peak RSS is the largest VmHWM of the proxy's processes in a round; proxy CPU from /proc (user + system)\n\
          - took {:.0} s\n",
         kernel.trim(),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" "),

@@ -94,6 +94,29 @@ pub struct ScenarioResult {
     pub steady_rps: Option<f64>,
     /// Free-form remarks (deploy counts, skipped setups).
     pub note: String,
+    /// kamal-proxy against nginx in each round on its own: (req/s ratio, p99 ratio). The two
+    /// ran one after the other, so the host's speed, which drifts over minutes, is nearly the
+    /// same for both: the range shows how far one round's comparison can land from the median.
+    pub vs_nginx_rounds: Vec<(f64, f64)>,
+}
+
+/// Pairs kamal-proxy's and nginx's samples round by round (both in round order): the ratios
+/// of req/s and of p99 latency in each round.
+pub fn paired(kamal: &[Sample], nginx: &[Sample]) -> Vec<(f64, f64)> {
+    kamal
+        .iter()
+        .zip(nginx)
+        .filter(|(_, n)| n.rps > 0.0 && n.p99_us > 0.0)
+        .map(|(k, n)| (k.rps / n.rps, k.p99_us / n.p99_us))
+        .collect()
+}
+
+/// `0.91–1.05×`: the smallest and largest of `values`.
+fn range(values: impl Iterator<Item = f64>) -> Option<String> {
+    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+        (lo.min(v), hi.max(v))
+    });
+    lo.is_finite().then(|| format!("{lo:.2}–{hi:.2}×"))
 }
 
 /// `a / b` as `0.62×`, or `–` when either side is missing.
@@ -221,6 +244,15 @@ pub fn summary_line(result: &ScenarioResult) -> String {
             ),
         );
     }
+    if let (Some(rps), Some(p99)) = (
+        range(result.vs_nginx_rounds.iter().map(|r| r.0)),
+        range(result.vs_nginx_rounds.iter().map(|r| r.1)),
+    ) {
+        let _ = write!(
+            line,
+            " round by round against nginx: req/s {rps}, p99 {p99};"
+        );
+    }
     let _ = write!(line, " {} errors.", kamal.errors);
     if !result.note.is_empty() {
         let _ = write!(line, " {}", result.note);
@@ -303,6 +335,39 @@ mod tests {
         assert!(text.contains(
             "- keep-alive: kamal-proxy 0.62× no proxy, 1.24× nginx in req/s; CPU per request 0.75× nginx; p99 1.24× nginx; peak RSS 2.00× nginx, 1 errors."
         ), "{text}");
+    }
+
+    #[test]
+    fn rounds_are_compared_in_pairs_and_their_range_shown() {
+        let at = |rps, p99_us| Sample {
+            rps,
+            p99_us,
+            ..sample(rps, Some(10.0), None)
+        };
+        let kamal = [at(55.0, 1_000.0), at(60.0, 900.0), at(44.0, 1_200.0)];
+        let nginx = [at(50.0, 1_000.0), at(60.0, 1_000.0), at(55.0, 1_000.0)];
+        let rounds = paired(&kamal, &nginx);
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
+        let expected = [(1.1, 1.0), (1.0, 0.9), (0.8, 1.2)];
+        assert_eq!(rounds.len(), expected.len());
+        for (got, want) in rounds.iter().zip(expected) {
+            assert!(close(got.0, want.0) && close(got.1, want.1), "{rounds:?}");
+        }
+        let result = ScenarioResult {
+            name: "keep-alive".into(),
+            connections: 64,
+            kamal: summarise(&kamal),
+            nginx: summarise(&nginx),
+            vs_nginx_rounds: rounds,
+            ..Default::default()
+        };
+        assert!(
+            summary_line(&result).contains(
+                "round by round against nginx: req/s 0.80–1.10×, p99 0.90–1.20×; 3 errors."
+            ),
+            "{}",
+            summary_line(&result)
+        );
     }
 
     #[test]
