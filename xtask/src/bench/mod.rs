@@ -343,6 +343,7 @@ impl Lab {
         let headers = scenario.headers();
         procs::reset_peak_rss(&setup.pids);
         let cpu_before = procs::cpu_micros(&setup.pids, self.ticks);
+        let core_before = self.load_core_ticks();
         let result = if scenario == Scenario::H2Tls {
             self.h2load(scenario, setup, duration)?
         } else {
@@ -354,10 +355,20 @@ impl Lab {
             )?
         };
         let cpu_after = procs::cpu_micros(&setup.pids, self.ticks);
+        let load_core_busy = procs::busy_between(core_before, self.load_core_ticks());
         if let Some(log) = &setup.log {
             log.collect();
         }
-        Ok(self.sample(setup, &result, cpu_before, cpu_after))
+        let sample = self.sample(setup, &result, cpu_before, cpu_after);
+        Ok(Sample {
+            load_core_busy,
+            ..sample
+        })
+    }
+
+    /// Busy and total ticks of the load generator's core, when the run is pinned.
+    fn load_core_ticks(&self) -> Option<(u64, u64)> {
+        self.load_core.and_then(procs::core_ticks)
     }
 
     fn sample(
@@ -386,6 +397,7 @@ impl Lab {
             } else {
                 None
             },
+            load_core_busy: None,
         }
     }
 }

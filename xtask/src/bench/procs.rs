@@ -280,6 +280,36 @@ pub fn cpu_micros(pids: &[u32], ticks_per_second: u64) -> Option<u64> {
     Some(ticks * 1_000_000 / ticks_per_second.max(1))
 }
 
+/// Busy and total ticks of one core so far, from `/proc/stat`.
+pub fn core_ticks(core: &str) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    core_ticks_in(&stat, core)
+}
+
+/// The `cpu<core>` line of `/proc/stat`: busy is everything but idle and iowait (user, nice,
+/// system, irq, softirq, steal); the total counts all eight.
+fn core_ticks_in(stat: &str, core: &str) -> Option<(u64, u64)> {
+    let label = format!("cpu{core}");
+    let line = stat
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(label.as_str()))?;
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|t| t.parse().ok())
+        .collect::<Option<_>>()?;
+    let total: u64 = ticks.iter().sum();
+    Some((total - ticks.get(3)? - ticks.get(4)?, total))
+}
+
+/// The share of the time a core was busy between two [`core_ticks`] readings.
+pub fn busy_between(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((b0, t0), (b1, t1)) = (before?, after?);
+    let total = t1.checked_sub(t0).filter(|&t| t > 0)?;
+    Some(b1.saturating_sub(b0) as f64 / total as f64)
+}
+
 /// `utime + stime` from a `/proc/<pid>/stat` line (fields 14 and 15; the name in field 2 may
 /// contain spaces, so fields are counted from its closing parenthesis).
 fn stat_cpu_ticks(stat: &str) -> Option<u64> {
@@ -345,6 +375,23 @@ fn status_kib(pid: u32, key: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_core_is_busy_for_all_but_its_idle_and_iowait_ticks() {
+        let stat = "cpu  10 0 10 100 0 0 0 0 0 0\n\
+                    cpu0 1 2 3 40 5 6 7 8 0 0\n\
+                    cpu1 90 0 5 4 1 0 0 0 0 0\n\
+                    intr 12345\n";
+        assert_eq!(core_ticks_in(stat, "0"), Some((27, 72)));
+        assert_eq!(core_ticks_in(stat, "1"), Some((95, 100)));
+        assert_eq!(core_ticks_in(stat, "2"), None);
+        // `cpu1` must not be taken for `cpu` (the sum line) or `cpu10`.
+        assert_eq!(core_ticks_in("cpu10 1 1 1 1 1 1 1 1\n", "1"), None);
+        let busy = busy_between(Some((27, 72)), Some((117, 172)));
+        assert_eq!(busy, Some(0.9));
+        assert_eq!(busy_between(Some((1, 5)), Some((1, 5))), None);
+        assert_eq!(busy_between(None, Some((1, 5))), None);
+    }
 
     #[test]
     fn reads_cpu_ticks_and_parent_from_stat_lines_with_odd_names() {

@@ -19,6 +19,9 @@ pub struct Sample {
     pub cpu_us_per_request: Option<f64>,
     /// The proxy's peak RSS during the run, KiB (none for the direct run).
     pub peak_rss_kib: Option<u64>,
+    /// Share of the run the load generator's core was busy (pinned runs only): near 1.0, the
+    /// load generator and upstream, not the proxy, set the pace.
+    pub load_core_busy: Option<f64>,
 }
 
 /// The rounds of one setup in one scenario, reduced: medians, the total of errors, the largest
@@ -37,6 +40,8 @@ pub struct Summary {
     pub cpu_us_per_request: Option<f64>,
     /// Largest peak RSS seen.
     pub peak_rss_kib: Option<u64>,
+    /// Median share of the time the load generator's core was busy.
+    pub load_core_busy: Option<f64>,
     /// How many rounds.
     pub rounds: usize,
 }
@@ -70,6 +75,7 @@ pub fn summarise(samples: &[Sample]) -> Option<Summary> {
                 .collect(),
         ),
         peak_rss_kib: samples.iter().filter_map(|s| s.peak_rss_kib).max(),
+        load_core_busy: median(samples.iter().filter_map(|s| s.load_core_busy).collect()),
         rounds: samples.len(),
     })
 }
@@ -254,6 +260,17 @@ pub fn summary_line(result: &ScenarioResult) -> String {
         );
     }
     let _ = write!(line, " {} errors.", kamal.errors);
+    if let (Some(k), Some(n)) = (
+        kamal.load_core_busy,
+        result.nginx.and_then(|n| n.load_core_busy),
+    ) {
+        let _ = write!(
+            line,
+            " Load generator's core busy: {:.0} % with kamal-proxy, {:.0} % with nginx.",
+            k * 100.0,
+            n * 100.0
+        );
+    }
     if !result.note.is_empty() {
         let _ = write!(line, " {}", result.note);
     }
@@ -273,6 +290,7 @@ mod tests {
             errors: 1,
             cpu_us_per_request: cpu,
             peak_rss_kib: rss,
+            load_core_busy: None,
         }
     }
 
@@ -339,13 +357,22 @@ mod tests {
 
     #[test]
     fn rounds_are_compared_in_pairs_and_their_range_shown() {
-        let at = |rps, p99_us| Sample {
+        let at = |rps, p99_us, busy| Sample {
             rps,
             p99_us,
+            load_core_busy: Some(busy),
             ..sample(rps, Some(10.0), None)
         };
-        let kamal = [at(55.0, 1_000.0), at(60.0, 900.0), at(44.0, 1_200.0)];
-        let nginx = [at(50.0, 1_000.0), at(60.0, 1_000.0), at(55.0, 1_000.0)];
+        let kamal = [
+            at(55.0, 1_000.0, 0.99),
+            at(60.0, 900.0, 0.97),
+            at(44.0, 1_200.0, 0.994),
+        ];
+        let nginx = [
+            at(50.0, 1_000.0, 0.98),
+            at(60.0, 1_000.0, 0.98),
+            at(55.0, 1_000.0, 0.5),
+        ];
         let rounds = paired(&kamal, &nginx);
         let close = |a: f64, b: f64| (a - b).abs() < 1e-9;
         let expected = [(1.1, 1.0), (1.0, 0.9), (0.8, 1.2)];
@@ -363,7 +390,7 @@ mod tests {
         };
         assert!(
             summary_line(&result).contains(
-                "round by round against nginx: req/s 0.80–1.10×, p99 0.90–1.20×; 3 errors."
+                "round by round against nginx: req/s 0.80–1.10×, p99 0.90–1.20×; 3 errors. Load generator's core busy: 99 % with kamal-proxy, 98 % with nginx."
             ),
             "{}",
             summary_line(&result)
