@@ -169,9 +169,13 @@ pub async fn accept_loop<H: HttpHandler>(
     stop: CancellationToken,
 ) {
     let builder = Arc::new(builder());
+    let inherited = nodelay_inherited(&listener);
+    // One wait for the whole loop: a fresh one per connection would enter and leave the
+    // token's waiter list (a lock each way) on every accept.
+    let mut stopped = std::pin::pin!(stop.cancelled());
     loop {
         let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stopped.as_mut() => return,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -187,7 +191,9 @@ pub async fn accept_loop<H: HttpHandler>(
             tls,
             port: configured_port,
         };
-        let _ = stream.set_nodelay(true);
+        if !inherited {
+            let _ = stream.set_nodelay(true);
+        }
         let (handler, builder) = (Arc::clone(&handler), Arc::clone(&builder));
         let stop = connections.stop.clone();
         // The task holds only a box: tokio moves a task's future several times on the way
@@ -224,6 +230,16 @@ pub async fn accept_loop<H: HttpHandler>(
             .await;
         });
     }
+}
+
+/// Turns off Nagle's algorithm on `listener`, and tells whether its connections inherit that:
+/// Linux copies a listening socket's options into each socket it accepts, which saves a system
+/// call per connection. Elsewhere, or if the option cannot be set, each connection sets its own.
+fn nodelay_inherited(listener: &TcpListener) -> bool {
+    cfg!(target_os = "linux")
+        && socket2::SockRef::from(listener)
+            .set_tcp_nodelay(true)
+            .is_ok()
 }
 
 /// Answers one request: the handler's response, or a 500 page if it panicked (a bug in one
@@ -366,9 +382,13 @@ pub async fn tls_accept_loop<H: HttpHandler>(
     alt_svc: Option<HeaderValue>,
 ) {
     let builder = Arc::new(builder());
+    let inherited = nodelay_inherited(&listener);
+    // One wait for the whole loop: a fresh one per connection would enter and leave the
+    // token's waiter list (a lock each way) on every accept.
+    let mut stopped = std::pin::pin!(stop.cancelled());
     loop {
         let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => return,
+            _ = stopped.as_mut() => return,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -378,7 +398,9 @@ pub async fn tls_accept_loop<H: HttpHandler>(
                 }
             },
         };
-        let _ = stream.set_nodelay(true);
+        if !inherited {
+            let _ = stream.set_nodelay(true);
+        }
         let peer = canonical_peer(peer);
         let conn = ConnInfo {
             peer,
@@ -460,6 +482,21 @@ mod tests {
         assert_eq!(&reply, b"reply");
         drop(client);
         assert_eq!(server.read(&mut rest).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn accepted_connections_have_nagle_off() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let inherited = nodelay_inherited(&listener);
+        assert_eq!(inherited, cfg!(target_os = "linux"));
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        if !inherited {
+            stream.set_nodelay(true).unwrap();
+        }
+        // What the accept loops rely on: no per-connection call needed where inherited.
+        assert!(stream.nodelay().unwrap());
     }
 
     #[test]
