@@ -100,29 +100,57 @@ pub struct ScenarioResult {
     pub steady_rps: Option<f64>,
     /// Free-form remarks (deploy counts, skipped setups).
     pub note: String,
-    /// kamal-proxy against nginx in each round on its own: (req/s ratio, p99 ratio). The two
-    /// ran one after the other, so the host's speed, which drifts over minutes, is nearly the
-    /// same for both: the range shows how far one round's comparison can land from the median.
-    pub vs_nginx_rounds: Vec<(f64, f64)>,
+    /// kamal-proxy against nginx in each round on its own. The two ran one right after the
+    /// other, so the host's speed, which drifts over minutes, is nearly the same for both.
+    pub vs_nginx_rounds: Vec<RoundRatios>,
 }
 
-/// Pairs kamal-proxy's and nginx's samples round by round (both in round order): the ratios
-/// of req/s and of p99 latency in each round.
-pub fn paired(kamal: &[Sample], nginx: &[Sample]) -> Vec<(f64, f64)> {
+/// kamal-proxy's figures divided by nginx's, in one round.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoundRatios {
+    /// Requests per second.
+    pub rps: f64,
+    /// Proxy CPU time per request, when both were measured.
+    pub cpu: Option<f64>,
+    /// 99th-percentile latency.
+    pub p99: f64,
+}
+
+/// Pairs kamal-proxy's and nginx's samples round by round (both in round order).
+pub fn paired(kamal: &[Sample], nginx: &[Sample]) -> Vec<RoundRatios> {
     kamal
         .iter()
         .zip(nginx)
         .filter(|(_, n)| n.rps > 0.0 && n.p99_us > 0.0)
-        .map(|(k, n)| (k.rps / n.rps, k.p99_us / n.p99_us))
+        .map(|(k, n)| RoundRatios {
+            rps: k.rps / n.rps,
+            cpu: match (k.cpu_us_per_request, n.cpu_us_per_request) {
+                (Some(k), Some(n)) if n > 0.0 => Some(k / n),
+                _ => None,
+            },
+            p99: k.p99_us / n.p99_us,
+        })
         .collect()
 }
 
-/// `0.91–1.05×`: the smallest and largest of `values`.
-fn range(values: impl Iterator<Item = f64>) -> Option<String> {
-    let (lo, hi) = values.fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-        (lo.min(v), hi.max(v))
-    });
-    lo.is_finite().then(|| format!("{lo:.2}–{hi:.2}×"))
+/// `1.01× (0.82–1.03×)`: the median of `values` and their range.
+fn median_and_range(values: Vec<f64>) -> Option<String> {
+    let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mid = median(values)?;
+    Some(format!("{mid:.2}× ({lo:.2}–{hi:.2}×)"))
+}
+
+/// `round by round against nginx, median (range): req/s …, CPU per request …, p99 …;`.
+fn rounds_text(rounds: &[RoundRatios]) -> Option<String> {
+    let rps = median_and_range(rounds.iter().map(|r| r.rps).collect())?;
+    let p99 = median_and_range(rounds.iter().map(|r| r.p99).collect())?;
+    let cpu = median_and_range(rounds.iter().filter_map(|r| r.cpu).collect())
+        .map(|c| format!(", CPU per request {c}"))
+        .unwrap_or_default();
+    Some(format!(
+        " round by round against nginx, median (range): req/s {rps}{cpu}, p99 {p99};"
+    ))
 }
 
 /// `a / b` as `0.62×`, or `–` when either side is missing.
@@ -250,14 +278,8 @@ pub fn summary_line(result: &ScenarioResult) -> String {
             ),
         );
     }
-    if let (Some(rps), Some(p99)) = (
-        range(result.vs_nginx_rounds.iter().map(|r| r.0)),
-        range(result.vs_nginx_rounds.iter().map(|r| r.1)),
-    ) {
-        let _ = write!(
-            line,
-            " round by round against nginx: req/s {rps}, p99 {p99};"
-        );
+    if let Some(text) = rounds_text(&result.vs_nginx_rounds) {
+        line.push_str(&text);
     }
     let _ = write!(line, " {} errors.", kamal.errors);
     if let (Some(k), Some(n)) = (
@@ -378,7 +400,11 @@ mod tests {
         let expected = [(1.1, 1.0), (1.0, 0.9), (0.8, 1.2)];
         assert_eq!(rounds.len(), expected.len());
         for (got, want) in rounds.iter().zip(expected) {
-            assert!(close(got.0, want.0) && close(got.1, want.1), "{rounds:?}");
+            assert!(
+                close(got.rps, want.0) && close(got.p99, want.1),
+                "{rounds:?}"
+            );
+            assert!(close(got.cpu.unwrap(), 1.0), "{rounds:?}");
         }
         let result = ScenarioResult {
             name: "keep-alive".into(),
@@ -390,7 +416,7 @@ mod tests {
         };
         assert!(
             summary_line(&result).contains(
-                "round by round against nginx: req/s 0.80–1.10×, p99 0.90–1.20×; 3 errors. Load generator's core busy: 99 % with kamal-proxy, 98 % with nginx."
+                "round by round against nginx, median (range): req/s 1.00× (0.80–1.10×), CPU per request 1.00× (1.00–1.00×), p99 1.00× (0.90–1.20×); 3 errors. Load generator's core busy: 99 % with kamal-proxy, 98 % with nginx."
             ),
             "{}",
             summary_line(&result)
