@@ -16,8 +16,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 use tokio_util::task::TaskTracker;
 
 use crate::access_log::ConnInfo;
@@ -173,27 +173,12 @@ pub async fn accept_loop<H: HttpHandler>(
     // One wait for the whole loop: a fresh one per connection would enter and leave the
     // token's waiter list (a lock each way) on every accept.
     let mut stopped = std::pin::pin!(stop.cancelled());
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stopped.as_mut() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // Out of file descriptors and similar: back off instead of spinning.
-                    tracing::error!(error = %e, "Error accepting connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
+    while let Some((stream, peer)) = next_connection(&listener, inherited, stopped.as_mut()).await {
         let conn = ConnInfo {
             peer: canonical_peer(peer),
             tls,
             port: configured_port,
         };
-        if !inherited {
-            let _ = stream.set_nodelay(true);
-        }
         let (handler, builder) = (Arc::clone(&handler), Arc::clone(&builder));
         let stop = connections.stop.clone();
         // The task holds only a box: tokio moves a task's future several times on the way
@@ -204,8 +189,8 @@ pub async fn accept_loop<H: HttpHandler>(
                 let fallback = {
                     let (handler, token) = (Arc::clone(&handler), stop.token().clone());
                     // Boxed: hyper's connection future (about 1.9 KB) would otherwise make every
-                    // connection's task that much larger, to be allocated and moved on each accept,
-                    // for the rare connection that is not plain HTTP/1.1.
+                    // connection's future that much larger, for the rare connection that is not
+                    // plain HTTP/1.1.
                     move |stream, read: bytes::Bytes| {
                         Box::pin(serve_hyper(
                             Prefixed::new(stream, read),
@@ -230,6 +215,55 @@ pub async fn accept_loop<H: HttpHandler>(
             .await;
         });
     }
+}
+
+/// The next connection on `listener`, with Nagle's algorithm off, or `None` once `stopped`
+/// completes. A connection that failed before it was accepted is skipped at once; running out
+/// of file descriptors or memory is logged and backed off rather than retried in a spin.
+async fn next_connection(
+    listener: &TcpListener,
+    nodelay_inherited: bool,
+    mut stopped: Pin<&mut WaitForCancellationFuture<'_>>,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            _ = stopped.as_mut() => return None,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    if !nodelay_inherited {
+                        let _ = stream.set_nodelay(true);
+                    }
+                    return Some((stream, peer));
+                }
+                Err(e) if failed_before_accept(&e) => {}
+                Err(e) => {
+                    tracing::error!(error = %e, "Error accepting connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Errors `accept` reports for one pending connection rather than for the listener: the client
+/// reset it while it waited in the queue, or (Linux passes these on from the new socket) its
+/// network failed. Go retries these at once too; backing off would stall every other client.
+fn failed_before_accept(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionAborted | ConnectionReset | Interrupted)
+        || matches!(
+            e.raw_os_error(),
+            Some(
+                libc::EPROTO
+                    | libc::ENETDOWN
+                    | libc::ENOPROTOOPT
+                    | libc::EHOSTDOWN
+                    | libc::ENONET
+                    | libc::EHOSTUNREACH
+                    | libc::EOPNOTSUPP
+                    | libc::ENETUNREACH
+            )
+        )
 }
 
 /// Turns off Nagle's algorithm on `listener`, and tells whether its connections inherit that:
@@ -383,24 +417,8 @@ pub async fn tls_accept_loop<H: HttpHandler>(
 ) {
     let builder = Arc::new(builder());
     let inherited = nodelay_inherited(&listener);
-    // One wait for the whole loop: a fresh one per connection would enter and leave the
-    // token's waiter list (a lock each way) on every accept.
     let mut stopped = std::pin::pin!(stop.cancelled());
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stopped.as_mut() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    tracing::error!(error = %e, "Error accepting connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        if !inherited {
-            let _ = stream.set_nodelay(true);
-        }
+    while let Some((stream, peer)) = next_connection(&listener, inherited, stopped.as_mut()).await {
         let peer = canonical_peer(peer);
         let conn = ConnInfo {
             peer,
@@ -497,6 +515,22 @@ mod tests {
         }
         // What the accept loops rely on: no per-connection call needed where inherited.
         assert!(stream.nodelay().unwrap());
+    }
+
+    #[test]
+    fn accept_skips_a_failed_connection_and_backs_off_when_out_of_resources() {
+        let os = std::io::Error::from_raw_os_error;
+        for code in [
+            libc::ECONNABORTED,
+            libc::ECONNRESET,
+            libc::EINTR,
+            libc::EPROTO,
+        ] {
+            assert!(failed_before_accept(&os(code)), "{code}");
+        }
+        for code in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            assert!(!failed_before_accept(&os(code)), "{code}");
+        }
     }
 
     #[test]
