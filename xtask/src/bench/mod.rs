@@ -771,21 +771,46 @@ pub fn run(options: &Options) -> Result<(), String> {
                 };
             }
             Scenario::DeployUnderLoad => {
-                let steady = summary(Scenario::KeepAlive, Kind::Kamal).map(|s| s.rps);
+                let steady_setup = Setup {
+                    kind: Kind::Kamal,
+                    port: kamal.http_port,
+                    pids: kamal.process.pids(),
+                    log: Some(Arc::clone(&kamal.log)),
+                };
                 // In rounds like the other loads: a single window is decided by whatever else
-                // the host did during it.
-                let mut samples = Vec::new();
+                // the host did during it. Each round is compared with a steady window of the
+                // same proxy right before it, not with the keep-alive rounds minutes earlier:
+                // the host's speed drifts by more than the bar's margin in that time.
+                let (mut samples, mut steadies, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
                 let mut deploys = Deploys::default();
                 for round in 1..=options.rounds {
+                    // The very same load, without the deploys.
+                    let steady =
+                        lab.measure(Scenario::DeployUnderLoad, &steady_setup, options.duration)?;
+                    eprintln!(
+                        "xtask: round {round}/{} deploy-under-load, steady window before it: {} req/s, {} errors",
+                        options.rounds,
+                        report::thousands(steady.rps),
+                        steady.errors
+                    );
                     let (sample, these) =
                         deploy_under_load(&lab, &kamal, &upstream, &release, options, round)?;
-                    kamal_requests += sample.requests;
+                    kamal_requests += steady.requests + sample.requests;
+                    if steady.rps > 0.0 {
+                        ratios.push(sample.rps / steady.rps);
+                    }
+                    steadies.push(steady);
                     samples.push(sample);
                     deploys.add(&these);
                 }
                 result.kamal = report::summarise(&samples);
-                result.steady_rps = steady;
+                result.steady_rps = report::summarise(&steadies).map(|s| s.rps);
                 result.note = deploys.note(options.rounds);
+                if let Some(text) = report::median_and_range(ratios) {
+                    result.note.push_str(&format!(
+                        " Round by round against the steady window right before it, median (range): {text}."
+                    ));
+                }
             }
             _ => {
                 result.direct = summary(scenario, Kind::Direct);

@@ -134,7 +134,7 @@ pub fn paired(kamal: &[Sample], nginx: &[Sample]) -> Vec<RoundRatios> {
 }
 
 /// `1.01× (0.82–1.03×)`: the median of `values` and their range.
-fn median_and_range(values: Vec<f64>) -> Option<String> {
+pub fn median_and_range(values: Vec<f64>) -> Option<String> {
     let lo = values.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     let mid = median(values)?;
@@ -421,6 +421,15 @@ mod tests {
             "{}",
             summary_line(&result)
         );
+    }
+
+    #[test]
+    fn paired_ratios_read_as_median_and_range() {
+        assert_eq!(
+            median_and_range(vec![1.12, 0.74, 1.07]).as_deref(),
+            Some("1.07× (0.74–1.12×)")
+        );
+        assert_eq!(median_and_range(Vec::new()), None);
     }
 
     #[test]
