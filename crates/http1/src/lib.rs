@@ -133,6 +133,20 @@ pub async fn serve<C, Fut, B, F, FFut>(
                 if stop.is_stopped() {
                     return Poll::Ready(Ok(0));
                 }
+                // Bytes already waiting (a new connection's first request nearly always is) are
+                // read without arming the stop watch and the idle timer first: those cost a
+                // waiter and a timer-wheel entry, which only a connection that waits needs.
+                if !(watching && timing) {
+                    if let Poll::Ready(ready) = stream.poll_read_ready(cx) {
+                        ready?;
+                        buf.reserve(FIRST_READ);
+                        if let Poll::Ready(read) =
+                            poll_read_buf(Pin::new(&mut stream), cx, &mut buf)
+                        {
+                            return Poll::Ready(read);
+                        }
+                    }
+                }
                 if !watching {
                     if stopped.as_mut().poll(cx).is_ready() {
                         return Poll::Ready(Ok(0));
@@ -1225,6 +1239,47 @@ mod tests {
             push_chunk_size(&mut out, n);
         }
         assert_eq!(out, b"0\r\n9\r\nA\r\nFF\r\n1000\r\n100000\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_first_request_was_waiting_still_closes_when_idle_or_stopped() {
+        // The first request is read before the stop watch and the idle timer are armed; both
+        // must still apply once the connection waits.
+        for stopped in [false, true] {
+            let idle = Duration::from_millis(300);
+            let stop = Stop::default();
+            let (addr, server) = {
+                let stop = stop.clone();
+                accept_one(move |stream| async move {
+                    // The request arrives before serving starts.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let call = |_req| async { response(200, &[], full(b"x")) };
+                    let fallback = |_, _| async { panic!("handed to hyper") };
+                    let idle = if stopped { LONG } else { idle };
+                    serve(stream, call, &stop, idle, fallback).await;
+                })
+                .await
+            };
+            let mut client = TcpStream::connect(addr).await.unwrap();
+            client
+                .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+                .await
+                .unwrap();
+            let mut answer = [0u8; 512];
+            let n = client.read(&mut answer).await.unwrap();
+            assert!(answer[..n].ends_with(b"\r\n\r\nx"));
+            if stopped {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                stop.stop();
+            }
+            let mut rest = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest))
+                .await
+                .expect("closed by the server")
+                .unwrap();
+            assert!(rest.is_empty());
+            server.await.unwrap();
+        }
     }
 
     #[tokio::test]
