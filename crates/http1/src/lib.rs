@@ -858,6 +858,28 @@ mod tests {
         (addr, server)
     }
 
+    /// Everything the server sends until it closes the connection; fails if it has not
+    /// closed within 5 s.
+    async fn until_closed(client: &mut TcpStream) -> Vec<u8> {
+        let mut got = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got))
+            .await
+            .expect("closed by the server")
+            .unwrap();
+        got
+    }
+
+    /// Sends a `GET` and checks that the answer is the one-byte body `x`.
+    async fn get_x(client: &mut TcpStream) {
+        client
+            .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 512];
+        let n = client.read(&mut answer).await.unwrap();
+        assert!(answer[..n].ends_with(b"\r\n\r\nx"));
+    }
+
     /// Everything a server sends back for `request` until it closes, `date` lines removed (they
     /// differ between two servers a second apart). `fast`: this module; otherwise hyper's
     /// HTTP/1.1 server as kamal-proxy configured it before.
@@ -881,11 +903,7 @@ mod tests {
         .await;
         let mut client = TcpStream::connect(addr).await.unwrap();
         client.write_all(request).await.unwrap();
-        let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got))
-            .await
-            .expect("the server closes after the last response")
-            .unwrap();
+        let got = until_closed(&mut client).await;
         server.await.unwrap();
         String::from_utf8(got)
             .unwrap()
@@ -1199,12 +1217,7 @@ mod tests {
             .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
             .await
             .unwrap();
-        let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
-        let got = String::from_utf8(got).unwrap();
+        let got = String::from_utf8(until_closed(&mut client).await).unwrap();
         assert!(got.contains("connection: close\r\n"), "{got}");
         assert!(got.ends_with("\r\n\r\nlast"), "{got}");
         server.await.unwrap();
@@ -1223,12 +1236,7 @@ mod tests {
         let mut client = TcpStream::connect(addr).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         stop.stop();
-        let mut got = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got))
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(got.is_empty());
+        assert!(until_closed(&mut client).await.is_empty());
         server.await.unwrap();
     }
 
@@ -1261,23 +1269,12 @@ mod tests {
                 .await
             };
             let mut client = TcpStream::connect(addr).await.unwrap();
-            client
-                .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
-                .await
-                .unwrap();
-            let mut answer = [0u8; 512];
-            let n = client.read(&mut answer).await.unwrap();
-            assert!(answer[..n].ends_with(b"\r\n\r\nx"));
+            get_x(&mut client).await;
             if stopped {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 stop.stop();
             }
-            let mut rest = Vec::new();
-            tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest))
-                .await
-                .expect("closed by the server")
-                .unwrap();
-            assert!(rest.is_empty());
+            assert!(until_closed(&mut client).await.is_empty());
             server.await.unwrap();
         }
     }
@@ -1295,24 +1292,13 @@ mod tests {
         let mut client = TcpStream::connect(addr).await.unwrap();
         // Requests keep it open past the first period...
         for _ in 0..4 {
-            client
-                .write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
-                .await
-                .unwrap();
-            let mut answer = [0u8; 512];
-            let n = client.read(&mut answer).await.unwrap();
-            assert!(answer[..n].ends_with(b"\r\n\r\nx"));
+            get_x(&mut client).await;
             tokio::time::sleep(idle / 3).await;
         }
         let active_until = started.elapsed();
         assert!(active_until > idle);
         // ...then, idle, it closes within two periods.
-        let mut rest = Vec::new();
-        tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest))
-            .await
-            .expect("closed by the server")
-            .unwrap();
-        assert!(rest.is_empty());
+        assert!(until_closed(&mut client).await.is_empty());
         let idle_for = started.elapsed() - active_until;
         assert!(
             idle_for < idle * 2 + Duration::from_millis(200),

@@ -771,12 +771,6 @@ pub fn run(options: &Options) -> Result<(), String> {
                 };
             }
             Scenario::DeployUnderLoad => {
-                let steady_setup = Setup {
-                    kind: Kind::Kamal,
-                    port: kamal.http_port,
-                    pids: kamal.process.pids(),
-                    log: Some(Arc::clone(&kamal.log)),
-                };
                 // In rounds like the other loads: a single window is decided by whatever else
                 // the host did during it. Each round is compared with a steady window of the
                 // same proxy right before it, not with the keep-alive rounds minutes earlier:
@@ -784,16 +778,7 @@ pub fn run(options: &Options) -> Result<(), String> {
                 let (mut samples, mut steadies, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
                 let mut deploys = Deploys::default();
                 for round in 1..=options.rounds {
-                    // The very same load, without the deploys.
-                    let steady =
-                        lab.measure(Scenario::DeployUnderLoad, &steady_setup, options.duration)?;
-                    eprintln!(
-                        "xtask: round {round}/{} deploy-under-load, steady window before it: {} req/s, {} errors",
-                        options.rounds,
-                        report::thousands(steady.rps),
-                        steady.errors
-                    );
-                    let (sample, these) =
+                    let (steady, sample, these) =
                         deploy_under_load(&lab, &kamal, &upstream, &release, options, round)?;
                     kamal_requests += steady.requests + sample.requests;
                     if steady.rps > 0.0 {
@@ -971,9 +956,9 @@ impl Deploys {
     }
 }
 
-/// Keep-alive load through kamal-proxy while it is redeployed `options.deploys` times,
-/// alternating between two upstreams: one round. Returns the load's sample and how the deploys
-/// went.
+/// One round: a steady window of keep-alive load through kamal-proxy, then the very same load
+/// while it is redeployed `options.deploys` times, alternating between two upstreams. Returns
+/// the two loads' samples and how the deploys went.
 fn deploy_under_load(
     lab: &Lab,
     kamal: &Kamal,
@@ -981,15 +966,22 @@ fn deploy_under_load(
     release: &Path,
     options: &Options,
     round: u32,
-) -> Result<(Sample, Deploys), String> {
-    let second = setups::start_upstream(&release.join("bench-upstream"), lab.load_core)?;
-    let targets = [second.port, first.port].map(|p| format!("127.0.0.1:{p}"));
+) -> Result<(Sample, Sample, Deploys), String> {
     let setup = Setup {
         kind: Kind::Kamal,
         port: kamal.http_port,
         pids: kamal.process.pids(),
         log: Some(Arc::clone(&kamal.log)),
     };
+    let steady = lab.measure(Scenario::DeployUnderLoad, &setup, options.duration)?;
+    eprintln!(
+        "xtask: round {round}/{} deploy-under-load, steady window before it: {} req/s, {} errors",
+        options.rounds,
+        report::thousands(steady.rps),
+        steady.errors
+    );
+    let second = setups::start_upstream(&release.join("bench-upstream"), lab.load_core)?;
+    let targets = [second.port, first.port].map(|p| format!("127.0.0.1:{p}"));
     let headers = Scenario::DeployUnderLoad.headers();
     // wrk is stopped (SIGINT) once the deploys are done; the cap only bounds a stuck run.
     let cap =
@@ -1042,7 +1034,11 @@ fn deploy_under_load(
         longest: elapsed,
         slowest,
     };
-    Ok((lab.sample(&setup, &result, cpu_before, cpu_after), deploys))
+    Ok((
+        steady,
+        lab.sample(&setup, &result, cpu_before, cpu_after),
+        deploys,
+    ))
 }
 
 /// Waits until `at` (pacing a schedule, not synchronising: nothing signals that moment).
