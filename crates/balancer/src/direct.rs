@@ -339,7 +339,14 @@ impl Future for DirectSend<'_> {
                     }
                 }
                 SendState::Read { conn, reused } => {
-                    match parse_head(&mut conn.buf, &mut conn.spans, this.head_request) {
+                    // Nothing read yet (just after the write, and at each wake until the
+                    // answer comes): nothing to parse.
+                    let parsed = if conn.buf.is_empty() {
+                        Ok(None)
+                    } else {
+                        parse_head(&mut conn.buf, &mut conn.spans, this.head_request)
+                    };
+                    match parsed {
                         // Some servers send a 408 on a keep-alive connection before closing
                         // it for idleness; found on a reused connection it answers no request
                         // of ours (Go's transport treats it the same way).

@@ -726,18 +726,36 @@ fn stamp_unless_set(
     }
 }
 
-/// `t=<unix milliseconds>`.
+/// `t=<unix milliseconds>`. Requests arrive many to a millisecond, so each thread keeps the
+/// last value it made: the next request of the same millisecond gets a clone (a reference
+/// count) instead of formatting and allocating its own.
 fn request_start(arrived: SystemTime) -> HeaderValue {
-    let ms = arrived
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    let mut digits = itoa::Buffer::new();
-    let digits = digits.format(ms).as_bytes();
-    let mut buf = [0u8; 48];
-    buf[..2].copy_from_slice(b"t=");
-    buf[2..2 + digits.len()].copy_from_slice(digits);
-    HeaderValue::from_bytes(&buf[..2 + digits.len()]).expect("digits are a valid header value")
+    thread_local! {
+        static LAST: std::cell::RefCell<(u64, HeaderValue)> =
+            const { std::cell::RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
+    }
+    // u64 milliseconds last 584 million years; formatting a u128 costs a slow division.
+    let ms = u64::try_from(
+        arrived
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX);
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != ms {
+            let mut digits = itoa::Buffer::new();
+            let digits = digits.format(ms).as_bytes();
+            let mut buf = [0u8; 22];
+            buf[..2].copy_from_slice(b"t=");
+            buf[2..2 + digits.len()].copy_from_slice(digits);
+            let value = HeaderValue::from_bytes(&buf[..2 + digits.len()])
+                .expect("digits are a valid header value");
+            *last = (ms, value);
+        }
+        last.1.clone()
+    })
 }
 
 /// A random (v4) UUID, lower-case and hyphenated.
@@ -958,6 +976,19 @@ mod stamp_tests {
             stamped(&[], arrived)["x-request-id"],
             headers["x-request-id"]
         );
+    }
+
+    #[test]
+    fn the_start_stamp_follows_each_millisecond_on_one_thread() {
+        // Each thread reuses its last value within a millisecond; a new millisecond, or an
+        // earlier one (the wall clock can step back), gets its own.
+        let at =
+            |ms| stamped(&[], UNIX_EPOCH + Duration::from_millis(ms))["x-request-start"].clone();
+        assert_eq!(at(1_000), "t=1000");
+        assert_eq!(at(1_000), "t=1000");
+        assert_eq!(at(1_001), "t=1001");
+        assert_eq!(at(999), "t=999");
+        assert_eq!(at(1_001), "t=1001");
     }
 
     #[test]

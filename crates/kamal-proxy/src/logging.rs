@@ -544,28 +544,40 @@ pub fn push_i64(out: &mut Vec<u8>, n: i64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
+/// The decimal text of every octet, padded to three bytes, with its length in the fourth.
+static OCTETS: [[u8; 4]; 256] = {
+    let mut table = [[0u8; 4]; 256];
+    let mut n = 0;
+    while n < 256 {
+        let (hundreds, tens, ones) = ((n / 100) as u8, (n / 10 % 10) as u8, (n % 10) as u8);
+        table[n] = if n >= 100 {
+            [b'0' + hundreds, b'0' + tens, b'0' + ones, 3]
+        } else if n >= 10 {
+            [b'0' + tens, b'0' + ones, 0, 2]
+        } else {
+            [b'0' + ones, 0, 0, 1]
+        };
+        n += 1;
+    }
+    table
+};
+
 /// Appends an IP address as Go prints it (dotted quad for IPv4, RFC 5952 for IPv6).
 pub fn push_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
     match ip {
         std::net::IpAddr::V4(v4) => {
-            // Formatted on the stack and appended at once: one copy instead of seven.
-            let mut text = [0u8; 15];
+            // Each octet's text from a table, gathered on the stack and appended at once (the
+            // log writes two addresses per request). One spare byte: every octet copies three.
+            let mut text = [0u8; 16];
             let mut len = 0;
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
                     text[len] = b'.';
                     len += 1;
                 }
-                if octet >= 100 {
-                    text[len] = b'0' + octet / 100;
-                    len += 1;
-                }
-                if octet >= 10 {
-                    text[len] = b'0' + octet / 10 % 10;
-                    len += 1;
-                }
-                text[len] = b'0' + octet % 10;
-                len += 1;
+                let digits = &OCTETS[usize::from(octet)];
+                text[len..len + 3].copy_from_slice(&digits[..3]);
+                len += usize::from(digits[3]);
             }
             out.extend_from_slice(&text[..len]);
         }
@@ -893,6 +905,17 @@ mod tests {
             let mut s = Vec::new();
             push_ip(&mut s, ip);
             assert_eq!(String::from_utf8(s).unwrap(), ip.to_string());
+        }
+        // Every octet value, in every position and next to short and long neighbours.
+        for n in 0..=255u8 {
+            for ip in [
+                std::net::Ipv4Addr::new(n, 255 - n, n / 2, 9),
+                std::net::Ipv4Addr::new(9, n, 100, n),
+            ] {
+                let mut s = Vec::new();
+                push_ip(&mut s, ip.into());
+                assert_eq!(String::from_utf8(s).unwrap(), ip.to_string());
+            }
         }
     }
 

@@ -21,8 +21,13 @@ pub fn redirect<B>(
     options: &ServiceOptions,
 ) -> Option<Response<ResponseBody>> {
     let to_https = !tls && options.tls_enabled && options.tls_redirect;
-    let host = strip_port(authority);
     let canonical = &options.canonical_host;
+    // Most services redirect nothing: decided before the host is looked at (every request
+    // passes here).
+    if !to_https && canonical.is_empty() {
+        return None;
+    }
+    let host = strip_port(authority);
     let to_canonical = !canonical.is_empty() && canonical != host;
     if !to_https && !to_canonical {
         return None;
