@@ -1,5 +1,5 @@
-//! Per-request work of the application layer: stamping the request id and start time, and
-//! rendering the JSON access-log line.
+//! Per-request work of the application layer: stamping the request id and start time, the
+//! redirect check, and rendering the JSON access-log line.
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -31,6 +31,21 @@ fn bench(c: &mut Criterion) {
             |req| stamp_request(black_box(req), SystemTime::now()),
             criterion::BatchSize::SmallInput,
         )
+    });
+
+    // Every request to a service passes the redirect check; most services redirect nothing.
+    let options = kamal_control::ServiceOptions::default();
+    let req = request();
+    c.bench_function("redirect check, nothing to redirect", |b| {
+        b.iter(|| {
+            kamal_proxy::redirect::redirect(
+                black_box(&req),
+                black_box("app.example.com:8080"),
+                false,
+                &options,
+            )
+            .is_none()
+        })
     });
 
     let mut req = request();
