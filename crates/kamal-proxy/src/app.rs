@@ -731,8 +731,8 @@ fn stamp_unless_set(
 /// count) instead of formatting and allocating its own.
 fn request_start(arrived: SystemTime) -> HeaderValue {
     thread_local! {
-        static LAST: std::cell::RefCell<(u64, HeaderValue)> =
-            const { std::cell::RefCell::new((u64::MAX, HeaderValue::from_static(""))) };
+        static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
     }
     // u64 milliseconds last 584 million years; formatting a u128 costs a slow division.
     let ms = u64::try_from(
@@ -744,17 +744,20 @@ fn request_start(arrived: SystemTime) -> HeaderValue {
     .unwrap_or(u64::MAX);
     LAST.with(|last| {
         let mut last = last.borrow_mut();
-        if last.0 != ms {
-            let mut digits = itoa::Buffer::new();
-            let digits = digits.format(ms).as_bytes();
-            let mut buf = [0u8; 22];
-            buf[..2].copy_from_slice(b"t=");
-            buf[2..2 + digits.len()].copy_from_slice(digits);
-            let value = HeaderValue::from_bytes(&buf[..2 + digits.len()])
-                .expect("digits are a valid header value");
-            *last = (ms, value);
+        match &*last {
+            Some((at, value)) if *at == ms => value.clone(),
+            _ => {
+                let mut digits = itoa::Buffer::new();
+                let digits = digits.format(ms).as_bytes();
+                let mut buf = [0u8; 22];
+                buf[..2].copy_from_slice(b"t=");
+                buf[2..2 + digits.len()].copy_from_slice(digits);
+                let value = HeaderValue::from_bytes(&buf[..2 + digits.len()])
+                    .expect("digits are a valid header value");
+                *last = Some((ms, value.clone()));
+                value
+            }
         }
-        last.1.clone()
     })
 }
 
@@ -989,6 +992,16 @@ mod stamp_tests {
         assert_eq!(at(1_001), "t=1001");
         assert_eq!(at(999), "t=999");
         assert_eq!(at(1_001), "t=1001");
+    }
+
+    #[test]
+    fn a_clock_past_u64_milliseconds_is_stamped_with_the_largest() {
+        // The first stamp on this test's thread: no cached value stands in for it.
+        let beyond = UNIX_EPOCH + Duration::from_secs(u64::MAX / 100);
+        assert_eq!(
+            stamped(&[], beyond)["x-request-start"],
+            "t=18446744073709551615"
+        );
     }
 
     #[test]
