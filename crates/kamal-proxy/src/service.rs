@@ -352,7 +352,13 @@ impl Service {
             Ok(claim) => claim,
             Err(_) if !self.pause.is_running() => return Dispatch::Paused(req),
             Err(_) => {
-                return Dispatch::Answer(settings.page(StatusCode::SERVICE_UNAVAILABLE, None))
+                // A deploy that swapped the pools after this request's snapshot was taken
+                // drains the old targets, which refuse it; the new ones take it.
+                let current = self.state();
+                if !Arc::ptr_eq(&*current, &*state) {
+                    return self.dispatch(req, prefix, conn, log, current);
+                }
+                return Dispatch::Answer(settings.page(StatusCode::SERVICE_UNAVAILABLE, None));
             }
         };
         let upstream = claim.target.forward_target();
@@ -613,6 +619,53 @@ mod tests {
         assert!(Arc::ptr_eq(&now.settings, &first));
         assert!(Arc::ptr_eq(&now.active, &active));
         assert!(now.split.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_snapshot_predates_a_deploy_goes_to_the_new_targets() {
+        let old = pool("127.0.0.1:3001");
+        old.mark_all_healthy();
+        let service = Service::new("app", settings(), Arc::clone(&old), None);
+        // The request's snapshot is taken; then a deploy installs the new pool...
+        let snapshot = service.state();
+        let new = pool("127.0.0.1:3002");
+        new.mark_all_healthy();
+        service.update(|state| state.active = Arc::clone(&new));
+        // ...and drains the old one, kept draining here by a request still in flight.
+        let in_flight = old.claim(false).unwrap();
+        let draining = tokio::spawn({
+            let old = Arc::clone(&old);
+            async move { old.drain(Duration::from_secs(10)).await }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while old.targets()[0].state() != kamal_balancer::TargetState::Draining {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the drain never began"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        let req = Request::builder()
+            .uri("/")
+            .header("host", "app.example.com")
+            .body(MaybeBuffered::streaming(crate::serve::RequestBody::Empty))
+            .unwrap();
+        let conn = ConnInfo {
+            peer: ([127, 0, 0, 1], 40000).into(),
+            tls: false,
+            port: 80,
+        };
+        let mut log = AccessLog::begin(&req, conn, crate::access_log::Arrival::now());
+        match service.dispatch(req, "/", conn, &mut log, snapshot) {
+            Dispatch::Forward(forward) => {
+                assert_eq!(forward.target.addr().to_string(), "127.0.0.1:3002");
+            }
+            Dispatch::Answer(resp) => panic!("answered {}", resp.status()),
+            Dispatch::Paused(_) => panic!("held as if paused"),
+        }
+        drop(in_flight);
+        draining.await.unwrap();
     }
 
     #[test]
