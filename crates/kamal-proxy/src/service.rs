@@ -207,15 +207,15 @@ impl Service {
         conn: ConnInfo,
         log: &mut AccessLog,
     ) -> Response<ResponseBody> {
-        let state = self.state();
-        let settings = &*state.settings;
-        if let Some(resp) = self.admit(&mut req, prefix, conn, log, settings) {
+        // The settings only: the pools are looked up after the waits below.
+        let settings = Arc::clone(&self.state().settings);
+        if let Some(resp) = self.admit(&mut req, prefix, conn, log, &settings) {
             return resp;
         }
         // The paused and buffering paths are boxed: inline, their large futures would make
         // this one large too.
         if !self.pause.is_running() {
-            if let Some(resp) = Box::pin(self.held(&req, prefix, settings)).await {
+            if let Some(resp) = Box::pin(self.held(&req, prefix, &settings)).await {
                 return resp;
             }
         }
@@ -227,7 +227,10 @@ impl Service {
             },
             None => req.map(MaybeBuffered::streaming),
         };
-        self.proceed(app, req, prefix, conn, log, state).await
+        // A snapshot from before the waits could still name targets that a deploy meanwhile
+        // replaced and drained (this request held no lease on them), and are stopped now.
+        self.proceed(app, req, prefix, conn, log, self.state())
+            .await
     }
 
     /// From the choice of a target on: forwards and rewrites the response. Also where a

@@ -11,6 +11,52 @@ use support::*;
 
 const HOST: &str = "app.test";
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buffered_request_still_uploading_during_a_deploy_goes_to_the_new_target() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let proxy = start_proxy();
+    let old = Upstream::start("old");
+    let options = ["--host", HOST, "--buffer-requests"];
+    proxy
+        .deploy_async(
+            "app",
+            &[&["--target", &old.address()][..], &options].concat(),
+        )
+        .await;
+    let mut client = tokio::net::TcpStream::connect(("127.0.0.1", proxy.http_port()))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: 10\r\nConnection: close\r\n\r\n"
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    client.write_all(b"hello").await.unwrap();
+    // The proxy is buffering the body when the deploy replaces (and drains) the target.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let new = Upstream::start("new");
+    proxy
+        .deploy_async(
+            "app",
+            &[&["--target", &new.address()][..], &options].concat(),
+        )
+        .await;
+    client.write_all(b"world").await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        client.read_to_string(&mut response),
+    )
+    .await
+    .expect("an answer")
+    .unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert_eq!(
+        (old.app_requests(), new.app_requests()),
+        (0, 1),
+        "the request goes to the target deployed when its body was complete"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn zero_downtime_under_load_across_redeploys() {
     const CLIENTS: usize = 8;
