@@ -640,14 +640,11 @@ mod tests {
             let old = Arc::clone(&old);
             async move { old.drain(Duration::from_secs(10)).await }
         });
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while old.targets()[0].state() != kamal_balancer::TargetState::Draining {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the drain never began"
-            );
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let began = test_support::eventually(Duration::from_secs(5), || async {
+            old.targets()[0].state() == kamal_balancer::TargetState::Draining
+        })
+        .await;
+        assert!(began, "the drain never began");
 
         let req = Request::builder()
             .uri("/")
